@@ -1,0 +1,34 @@
+"""select_engine: which engine serves this model on this node."""
+
+from pathlib import Path
+
+from temporalio import activity
+
+from berth.activities.failures import failure_error
+from berth.activities.files import local_model_format
+from berth.domain.errors import ErrorCode
+from berth.domain.model_format import format_of_name
+from berth.domain.pipeline import SELECT_ENGINE, EngineChoice, SelectEngineInput
+from berth.engines.selection import SelectionRefused, select_engine as choose
+
+
+def model_format_of(reference: str) -> str | None:
+    path = Path(reference).expanduser()
+    if path.exists():
+        return local_model_format(path)
+    return format_of_name(reference)
+
+
+@activity.defn(name=SELECT_ENGINE)
+async def select_engine(request: SelectEngineInput) -> EngineChoice:
+    try:
+        selection = choose(model_format_of(request.model), request.override)
+    except SelectionRefused as refused:
+        path = Path(request.model).expanduser()
+        if not path.exists() and not request.model.startswith(("http://", "https://", "hf:")):
+            # a missing file says more than "unknown format"
+            raise failure_error(
+                ErrorCode.MODEL_LOADING_FAILURE, f"model path {str(path)!r} does not exist on this node"
+            ) from None
+        raise failure_error(ErrorCode.ENGINE_UNAVAILABLE, str(refused)) from None
+    return EngineChoice(engine=selection.engine, reasons=selection.reasons)

@@ -1,0 +1,94 @@
+"""The messages between the deployment workflow and its activities, and the activities' names.
+
+Workflows import this module (never the activities themselves), so it holds pure data only.
+"""
+
+from pydantic import BaseModel, Field
+
+from berth.domain.errors import Failure
+
+# Registered activity names: the workflow schedules activities by these.
+PLACE_DEPLOYMENT = "place_deployment"
+SELECT_ENGINE = "select_engine"
+ALLOCATE_PORT = "allocate_port"
+RELEASE_PORT = "release_port"
+CONFIGURE_ROUTE = "configure_route"
+REMOVE_ROUTE = "remove_route"
+PREPARE_FILES = "prepare_files"
+LAUNCH_ENGINE = "launch_engine"
+AWAIT_READY = "await_ready"
+SUPERVISE = "supervise"
+STOP_ENGINE = "stop_engine"
+
+
+class EngineChoice(BaseModel):
+    engine: str
+    reasons: list[str] = Field(default_factory=list)
+
+
+class SelectEngineInput(BaseModel):
+    model: str
+    override: str = "auto"
+
+
+class PortRequest(BaseModel):
+    instance_id: str
+
+
+class RouteRequest(BaseModel):
+    deployment: str
+    port: int
+    engine: str
+    public: bool = False
+
+
+class PrepareFilesInput(BaseModel):
+    deployment: str
+    model: str
+
+
+class PreparedModel(BaseModel):
+    path: str
+    format: str  # "gguf", "safetensors", ...
+
+
+class LaunchRequest(BaseModel):
+    instance_id: str
+    deployment: str
+    engine: str
+    model_path: str
+    port: int
+    context_size: int | None = None
+    engine_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class EngineHandle(BaseModel):
+    """How to find a launched engine again, on its node, from any worker."""
+
+    instance_id: str
+    deployment: str
+    engine: str
+    port: int
+    pid: int
+    log_path: str
+    log_offset: int = 0  # where this launch's output starts in the log
+    started_at: float  # epoch seconds on the node
+
+
+class ReadyRequest(BaseModel):
+    handle: EngineHandle
+    startup_timeout_s: float
+
+
+class EngineOutcome(BaseModel):
+    """What await_ready or supervise saw: ready/served until a failure, or the node went down under it."""
+
+    ready: bool = False
+    failure: Failure | None = None
+    node_shutdown: bool = False
+    served_s: float = 0.0
+
+
+class StopRequest(BaseModel):
+    instance_id: str

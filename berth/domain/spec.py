@@ -1,0 +1,90 @@
+"""What the user asks for: a deployment spec, and the patch a `retry` may carry."""
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Names end up in Traefik rules, file names and workflow ids: a DNS label, nothing else.
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_CONTEXT_SIZE = 1_048_576
+
+EngineName = Literal["auto", "llamacpp", "vllm", "mlx"]
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid deployment name {name!r}: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (a DNS label), e.g. 'qwen-small'"
+        )
+    return name
+
+
+class RestartPolicy(BaseModel):
+    """How a recoverable failure (ERROR) is retried before the deployment gives up (FAILED)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(5, ge=0, le=100, description="automatic restarts before FAILED")
+    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first backoff, doubled each attempt")
+    backoff_max_s: float = Field(60.0, gt=0, le=86400, description="cap of the backoff")
+    stable_after_s: float = Field(
+        60.0, gt=0, le=86400, description="serving this long resets the attempt counter"
+    )
+
+    def backoff_s(self, attempt: int) -> float:
+        """Backoff before automatic attempt `attempt` (1-based)."""
+        return min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, attempt - 1)))
+
+
+class DeploymentSpec(BaseModel):
+    """A request to serve one model under one name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="DNS label; the model is served at /models/<name>/v1/...")
+    model: str = Field(min_length=1, max_length=4096, description="model path, URL or hub reference")
+    engine: EngineName = Field("auto", description="auto picks from hardware and format; a name forces it")
+    context_size: int | None = Field(
+        None, ge=1, le=MAX_CONTEXT_SIZE, description="tokens of context; default: the engine's choice"
+    )
+    startup_timeout_s: float = Field(600.0, gt=0, le=86400, description="budget to become ready")
+    engine_args: list[str] = Field(default_factory=list, description="extra arguments for the engine")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the engine")
+    public: bool = Field(False, description="serve the model endpoint without the API token")
+    node: str | None = Field(None, description="node to run on; default: the node that places it")
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_dns_label(cls, name: str) -> str:
+        return check_name(name)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return env
+
+    def patched(self, patch: "SpecPatch") -> "DeploymentSpec":
+        """This spec with the patch's fields applied, validated again as a whole."""
+        changes = patch.model_dump(exclude_unset=True)
+        return DeploymentSpec.model_validate({**self.model_dump(), **changes})
+
+
+class SpecPatch(BaseModel):
+    """The fields a `retry` may change. Unset fields keep their value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(None, min_length=1, max_length=4096)
+    engine: EngineName | None = None
+    context_size: int | None = Field(None, ge=1, le=MAX_CONTEXT_SIZE)
+    startup_timeout_s: float | None = Field(None, gt=0, le=86400)
+    engine_args: list[str] | None = None
+    env: dict[str, str] | None = None
+    public: bool | None = None
+    restart: RestartPolicy | None = None

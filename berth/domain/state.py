@@ -1,0 +1,63 @@
+"""What berth knows about a deployment: the answer of the `state` query."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field, computed_field
+
+from berth.domain.errors import ErrorCode
+from berth.domain.spec import DeploymentSpec
+from berth.domain.status import DeploymentStatus, InstanceStatus
+
+
+class Transition(BaseModel):
+    at: datetime
+    status: DeploymentStatus
+    detail: str = ""
+
+
+class DeploymentError(BaseModel):
+    code: ErrorCode
+    message: str
+    guidance: str
+    log_lines: list[str] = Field(default_factory=list)
+    at: datetime
+
+
+class InstanceState(BaseModel):
+    instance_id: str
+    node: str
+    status: InstanceStatus = InstanceStatus.REQUESTED
+    port: int | None = None
+    pid: int | None = None
+    log_path: str | None = None
+
+
+class DeploymentState(BaseModel):
+    spec: DeploymentSpec
+    status: DeploymentStatus = DeploymentStatus.REQUESTED
+    engine: str | None = None
+    engine_reasons: list[str] = Field(default_factory=list)
+    model_path: str | None = None
+    context_size: int | None = None
+    endpoint: str | None = None
+    instances: list[InstanceState] = Field(default_factory=list)
+    error: DeploymentError | None = None
+    attempts: int = Field(0, description="automatic restarts since the engine last served stably")
+    next_retry_at: datetime | None = None
+    rejected_patch: str | None = Field(None, description="why the last retry patch was refused")
+    transitions: list[Transition] = Field(default_factory=list)
+
+    @computed_field
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @computed_field
+    @property
+    def port(self) -> int | None:
+        return self.instances[0].port if self.instances else None
+
+    @computed_field
+    @property
+    def pid(self) -> int | None:
+        return self.instances[0].pid if self.instances else None

@@ -1,0 +1,13 @@
+"""All engines by name. An engine is one module in this package that defines one Engine subclass."""
+
+from berth.engines.base import Engine
+from berth.engines.llamacpp import LlamaCppEngine
+
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (LlamaCppEngine(),)}
+
+
+def get_engine(name: str) -> Engine:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise KeyError(f"unknown engine {name!r}; known: {', '.join(sorted(ENGINES))}") from None

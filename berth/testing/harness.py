@@ -1,0 +1,183 @@
+"""A real berth stack for tests and benchmarks: `berth up` in a subprocess on free ports, in its own
+$BERTH_HOME, plus the few client calls that tests and benchmarks share."""
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from temporalio.client import Client, WorkflowHandle
+
+from berth.domain.spec import DeploymentSpec
+from berth.domain.state import DeploymentState
+from berth.domain.status import DeploymentStatus
+from berth.settings import CONTROL_TASK_QUEUE, Settings
+from berth.temporal_connection import connect
+from berth.workflows.deployment import STATE_QUERY, WORKFLOW_TYPE, DeploymentInput, workflow_id
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def free_port_block(size: int = 100) -> str:
+    for _ in range(50):
+        low = random.randrange(30000, 39000, size)
+        if all(_port_free(port) for port in range(low, low + 5)):
+            return f"{low}-{low + size - 1}"
+    raise RuntimeError("no free block of ports for engines")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def processes_with_home(home: Path, *, exclude: set[int] = frozenset()) -> list[psutil.Process]:
+    """Every live process started with BERTH_HOME=home (the stack, its engines), minus `exclude`."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid in exclude or process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get("BERTH_HOME") == str(home) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+class RunningStack:
+    """`berth up` as a user runs it, in a subprocess."""
+
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
+        self.home = home
+        self.env = {
+            **os.environ,
+            "BERTH_HOME": str(home),
+            "BERTH_TEMPORAL_PORT": str(free_port()),
+            "BERTH_UI_PORT": str(free_port()),
+            "BERTH_GATEWAY_PORT": str(free_port()),
+            "BERTH_API_PORT": str(free_port()),
+            "BERTH_PORT_RANGE": free_port_block(),
+            "BERTH_NODE_ID": "test-node",
+            **(extra_env or {}),
+        }
+        self.env.pop("BERTH_TEMPORAL_ADDRESS", None)
+        self.process: subprocess.Popen | None = None
+        self.output: list[str] = []
+        self._up = threading.Event()
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def start(self, args: list[str] = (), timeout_s: float = 60) -> "RunningStack":
+        self.output.clear()
+        self._up.clear()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "berth.api.cli", "up", *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read_output, daemon=True).start()
+        if not self._up.wait(timeout_s) or self.process.poll() is not None:
+            self.stop()
+            raise RuntimeError("berth up did not come up:\n" + "".join(self.output))
+        return self
+
+    def _read_output(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            if line.startswith("berth is up"):
+                self._up.set()
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def leftovers(self) -> list[psutil.Process]:
+        exclude = {self.process.pid} if self.process and self.process.poll() is None else set()
+        return processes_with_home(self.home, exclude=exclude)
+
+    def worker_pid(self) -> int | None:
+        for process in processes_with_home(self.home):
+            try:
+                if "berth.worker.main" in " ".join(process.cmdline()):
+                    return process.pid
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    async def client(self) -> Client:
+        return await connect(self.settings)
+
+
+async def start_deployment(client: Client, spec: DeploymentSpec) -> WorkflowHandle:
+    return await client.start_workflow(
+        WORKFLOW_TYPE,
+        DeploymentInput(spec=spec),
+        id=workflow_id(spec.name),
+        task_queue=CONTROL_TASK_QUEUE,
+    )
+
+
+async def deployment_state(client: Client, name: str) -> DeploymentState:
+    handle = client.get_workflow_handle(workflow_id(name))
+    return await handle.query(STATE_QUERY, result_type=DeploymentState)
+
+
+async def wait_for_status(
+    client: Client,
+    name: str,
+    statuses: set[DeploymentStatus] | DeploymentStatus,
+    timeout_s: float = 60,
+    poll_s: float = 0.02,
+) -> DeploymentState:
+    wanted = {statuses} if isinstance(statuses, DeploymentStatus) else set(statuses)
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = await deployment_state(client, name)
+        if state.status in wanted:
+            return state
+        await asyncio.sleep(poll_s)
+    raise AssertionError(
+        f"{name} did not reach {sorted(s.value for s in wanted)} within {timeout_s} s; last state:\n"
+        + (state.model_dump_json(indent=1) if state else "none")
+    )
+
+
+def engine_processes(home: Path, deployment: str) -> list[psutil.Process]:
+    """Live engine processes of a deployment (not their /bin/sh wrappers), found by instance marker."""
+    found = []
+    for process in processes_with_home(home):
+        try:
+            marker = process.environ().get("BERTH_INSTANCE_ID", "")
+            if marker.rsplit("-", 1)[0] == deployment and process.cmdline()[:1] != ["/bin/sh"]:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+            continue
+    return found

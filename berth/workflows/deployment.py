@@ -1,0 +1,404 @@
+"""DeploymentWorkflow: one durable workflow per deployment, from "serve this model" to serving, and
+then keeping it serving until the user stops it.
+
+    REQUESTED -> DEPLOYING (select engine, allocate port, route, files, launch)
+              -> INITIALIZING (await ready) -> DEPLOYED (supervise)
+              -> on failure: classify -> ERROR (automatic retry after a backoff) | FAILED | MUST_REDOWNLOAD
+    stop / Temporal cancel -> teardown (engine, route, port) -> STOPPED
+    retry (optionally with a spec patch) -> back to DEPLOYING
+"""
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from berth.domain.errors import ErrorCode, Failure
+    from berth.domain.guidance import GuidanceFacts, guidance_for
+    from berth.domain.pipeline import (
+        ALLOCATE_PORT,
+        AWAIT_READY,
+        CONFIGURE_ROUTE,
+        LAUNCH_ENGINE,
+        PLACE_DEPLOYMENT,
+        PREPARE_FILES,
+        RELEASE_PORT,
+        REMOVE_ROUTE,
+        SELECT_ENGINE,
+        STOP_ENGINE,
+        SUPERVISE,
+        EngineChoice,
+        EngineHandle,
+        EngineOutcome,
+        LaunchRequest,
+        PortRequest,
+        PreparedModel,
+        PrepareFilesInput,
+        ReadyRequest,
+        RouteRequest,
+        SelectEngineInput,
+        StopRequest,
+    )
+    from berth.domain.restart_policy import decide
+    from berth.domain.spec import DeploymentSpec, SpecPatch
+    from berth.domain.state import DeploymentError, DeploymentState, InstanceState, Transition
+    from berth.domain.status import DeploymentStatus, InstanceStatus
+    from berth.settings import CONTROL_TASK_QUEUE, node_task_queue
+
+WORKFLOW_TYPE = "DeploymentWorkflow"
+STATE_QUERY = "state"
+STOP_SIGNAL = "stop"
+RETRY_SIGNAL = "retry"
+
+BERTH_STATUS = SearchAttributeKey.for_keyword("BerthStatus")
+BERTH_ENGINE = SearchAttributeKey.for_keyword("BerthEngine")
+BERTH_MODEL = SearchAttributeKey.for_keyword("BerthModel")
+
+MAX_TRANSITIONS = 200
+
+# Short node-side steps (milliseconds of work): retried a few times, then the deployment fails
+# with their error. The timeout is also how long a worker killed mid-step delays the retry.
+QUICK = dict(
+    start_to_close_timeout=timedelta(seconds=15),
+    retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5),
+    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+)
+# Teardown must happen even if the node's worker is down for a while: retried until it is back.
+TEARDOWN = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+    ),
+)
+# Watching an engine: cancelled with TRY_CANCEL (stop_engine is what really stops the engine),
+# heartbeats so that a dead worker is noticed and the watch resumes on the node's next worker.
+WATCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
+)
+
+
+def workflow_id(name: str) -> str:
+    return f"deployment-{name}"
+
+
+class DeploymentInput(BaseModel):
+    spec: DeploymentSpec
+    carried_state: DeploymentState | None = None  # set by continue-as-new
+
+
+class _Interrupted(Exception):
+    """A stop or retry arrived while a step was running."""
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class DeploymentWorkflow:
+    @workflow.init
+    def __init__(self, input: DeploymentInput) -> None:
+        self._state = input.carried_state or DeploymentState(spec=input.spec)
+        self._stop_requested = False
+        self._retry_spec: DeploymentSpec | None = None  # set by a valid `retry`
+        self._deployed_at: float | None = None
+        self._step: asyncio.Future | None = None  # the pipeline pass in flight
+
+    # ---- the surface: query and signals ------------------------------------------------------
+
+    @workflow.query(name=STATE_QUERY)
+    def state(self) -> DeploymentState:
+        return self._state
+
+    @workflow.signal(name=STOP_SIGNAL)
+    def stop(self) -> None:
+        self._stop_requested = True
+
+    @workflow.signal(name=RETRY_SIGNAL)
+    def retry(self, patch: dict[str, Any] | None = None) -> None:
+        """Deploy again now, optionally with some spec fields changed. A bad patch is recorded in
+        `rejected_patch` and changes nothing."""
+        try:
+            spec = self._state.spec.patched(SpecPatch.model_validate(patch or {}))
+        except ValidationError as invalid:
+            self._state.rejected_patch = _validation_message(invalid)
+            return
+        self._state.rejected_patch = None
+        self._retry_spec = spec
+
+    @property
+    def _interrupted(self) -> bool:
+        return self._stop_requested or self._retry_spec is not None
+
+    # ---- the pipeline -------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: DeploymentInput) -> DeploymentState:
+        try:
+            if input.carried_state is None:
+                self._transition(DeploymentStatus.REQUESTED, "deployment requested")
+                node = await workflow.execute_activity(
+                    PLACE_DEPLOYMENT, input.spec.node, task_queue=CONTROL_TASK_QUEUE, **QUICK
+                )
+                self._state.instances = [
+                    InstanceState(instance_id=f"{input.spec.name}-{workflow.uuid4().hex[:8]}", node=node)
+                ]
+            await self._serve_until_stopped()
+        except asyncio.CancelledError:
+            # A Temporal cancellation (CLI, UI) is a stop: the same teardown, then end as cancelled.
+            if self._step is not None and not self._step.done():
+                self._step.cancel()
+            await self._teardown("cancelled through Temporal")
+            raise
+        await self._teardown("stopped by the user")
+        return self._state
+
+    async def _serve_until_stopped(self) -> None:
+        while not self._stop_requested:
+            if self._retry_spec is not None:
+                await self._accept_retry()
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(DeploymentInput(spec=self._state.spec, carried_state=self._state))
+            try:
+                outcome = await self._until_interrupted(self._deploy_and_serve())
+            except _Interrupted:
+                continue
+            if outcome.node_shutdown:
+                self._transition(DeploymentStatus.DEPLOYING, "the node restarted: launching again")
+                continue
+            await self._recover_from(outcome.failure or _unknown_failure())
+
+    async def _deploy_and_serve(self) -> EngineOutcome:
+        """One pass of the pipeline; returns when the engine has failed (or the node went down)."""
+        spec, instance = self._state.spec, self._state.instances[0]
+        node_queue = node_task_queue(instance.node)
+        self._transition(DeploymentStatus.DEPLOYING, "selecting an engine")
+        try:
+            choice: EngineChoice = await workflow.execute_activity(
+                SELECT_ENGINE,
+                SelectEngineInput(model=spec.model, override=spec.engine),
+                task_queue=node_queue,
+                result_type=EngineChoice,
+                **QUICK,
+            )
+            self._state.engine, self._state.engine_reasons = choice.engine, choice.reasons
+            self._upsert_search_attributes()
+
+            self._set_instance(InstanceStatus.REQUESTED)
+            instance.port = await workflow.execute_activity(
+                ALLOCATE_PORT, PortRequest(instance_id=instance.instance_id), task_queue=node_queue,
+                result_type=int, **QUICK,
+            )
+            self._state.endpoint = await workflow.execute_activity(
+                CONFIGURE_ROUTE,
+                RouteRequest(deployment=spec.name, port=instance.port, engine=choice.engine, public=spec.public),
+                task_queue=node_queue, result_type=str, **QUICK,
+            )
+
+            self._set_instance(InstanceStatus.COPYING_FILES)
+            model: PreparedModel = await workflow.execute_activity(
+                PREPARE_FILES,
+                PrepareFilesInput(deployment=spec.name, model=spec.model),
+                task_queue=node_queue,
+                result_type=PreparedModel,
+                start_to_close_timeout=timedelta(hours=12),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=QUICK["retry_policy"],
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+            self._state.model_path, self._state.context_size = model.path, spec.context_size
+
+            self._set_instance(InstanceStatus.STARTING)
+            handle: EngineHandle = await workflow.execute_activity(
+                LAUNCH_ENGINE,
+                LaunchRequest(
+                    instance_id=instance.instance_id,
+                    deployment=spec.name,
+                    engine=choice.engine,
+                    model_path=model.path,
+                    port=instance.port,
+                    context_size=spec.context_size,
+                    engine_args=spec.engine_args,
+                    env=spec.env,
+                ),
+                task_queue=node_queue, result_type=EngineHandle, **QUICK,
+            )
+            instance.pid, instance.log_path = handle.pid, handle.log_path
+
+            self._transition(DeploymentStatus.INITIALIZING, f"{choice.engine} is loading the model")
+            ready: EngineOutcome = await workflow.execute_activity(
+                AWAIT_READY,
+                ReadyRequest(handle=handle, startup_timeout_s=spec.startup_timeout_s),
+                task_queue=node_queue,
+                result_type=EngineOutcome,
+                start_to_close_timeout=timedelta(seconds=spec.startup_timeout_s + 120),
+                heartbeat_timeout=timedelta(seconds=5),
+                retry_policy=WATCH_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            )
+            if not ready.ready:
+                return ready
+
+            self._set_instance(InstanceStatus.DEPLOYED)
+            self._state.error = None
+            self._deployed_at = workflow.time()
+            self._transition(DeploymentStatus.DEPLOYED, f"serving at {self._state.endpoint}")
+            return await workflow.execute_activity(
+                SUPERVISE,
+                handle,
+                task_queue=node_queue,
+                result_type=EngineOutcome,
+                start_to_close_timeout=timedelta(days=3650),
+                heartbeat_timeout=timedelta(seconds=15),
+                retry_policy=WATCH_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            return EngineOutcome(failure=_failure_of(error))
+
+    # ---- failures and retries -------------------------------------------------------------------
+
+    async def _recover_from(self, failure: Failure) -> None:
+        """Stop what is left of the engine, record the failure, then wait: for the backoff (ERROR),
+        or for the user (FAILED, MUST_REDOWNLOAD)."""
+        spec = self._state.spec
+        if self._deployed_at is not None and workflow.time() - self._deployed_at >= spec.restart.stable_after_s:
+            self._state.attempts = 0  # it served long enough: a new crash starts a new count
+        self._deployed_at = None
+        decision = decide(failure.code, self._state.attempts, spec.restart)
+        self._state.error = DeploymentError(
+            code=failure.code,
+            message=failure.message,
+            guidance=guidance_for(failure.code, self._guidance_facts(failure)),
+            log_lines=failure.log_lines,
+            at=workflow.now(),
+        )
+        await self._stop_engine()
+        if decision.status is DeploymentStatus.ERROR:
+            self._state.attempts = decision.attempt
+            self._state.next_retry_at = workflow.now() + timedelta(seconds=decision.backoff_s)
+            self._transition(
+                DeploymentStatus.ERROR,
+                f"{failure.code.value}: {decision.reason} in {decision.backoff_s:g} s",
+            )
+            try:
+                await workflow.wait_condition(
+                    lambda: self._interrupted, timeout=timedelta(seconds=decision.backoff_s)
+                )
+            except asyncio.TimeoutError:
+                pass
+            self._state.next_retry_at = None
+            return
+        await self._release_route_and_port()
+        self._transition(decision.status, f"{failure.code.value}: {decision.reason}")
+        await workflow.wait_condition(lambda: self._interrupted)
+
+    async def _accept_retry(self) -> None:
+        """A `retry` signal: take the (patched) spec, reset the attempt counter, start over clean."""
+        spec, self._retry_spec = self._retry_spec, None
+        self._state.spec = spec
+        self._state.attempts = 0
+        await self._stop_engine()
+        self._transition(DeploymentStatus.DEPLOYING, "retry requested")
+
+    async def _until_interrupted(self, step) -> EngineOutcome:
+        """Run a step; a stop or retry cancels it and raises _Interrupted."""
+        task = self._step = asyncio.ensure_future(step)
+        await workflow.wait_condition(lambda: task.done() or self._interrupted)
+        if task.done():
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, ActivityError):
+            pass
+        raise _Interrupted()
+
+    # ---- teardown -------------------------------------------------------------------------------
+
+    async def _teardown(self, reason: str) -> None:
+        await self._stop_engine()
+        await self._release_route_and_port()
+        self._set_instance(InstanceStatus.STOPPED)
+        self._transition(DeploymentStatus.STOPPED, reason)
+
+    async def _stop_engine(self) -> None:
+        instance = self._state.instances[0] if self._state.instances else None
+        if instance is None:
+            return
+        await workflow.execute_activity(
+            STOP_ENGINE, StopRequest(instance_id=instance.instance_id),
+            task_queue=node_task_queue(instance.node), **TEARDOWN,
+        )
+        instance.pid = None
+
+    async def _release_route_and_port(self) -> None:
+        instance = self._state.instances[0] if self._state.instances else None
+        if instance is None:
+            return
+        node_queue = node_task_queue(instance.node)
+        await workflow.execute_activity(REMOVE_ROUTE, self._state.spec.name, task_queue=node_queue, **TEARDOWN)
+        await workflow.execute_activity(
+            RELEASE_PORT, PortRequest(instance_id=instance.instance_id), task_queue=node_queue, **TEARDOWN
+        )
+        instance.port = None
+        self._state.endpoint = None
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+
+    def _transition(self, status: DeploymentStatus, detail: str) -> None:
+        self._state.status = status
+        self._state.transitions.append(Transition(at=workflow.now(), status=status, detail=detail))
+        del self._state.transitions[:-MAX_TRANSITIONS]
+        if status in (DeploymentStatus.ERROR, DeploymentStatus.FAILED, DeploymentStatus.MUST_REDOWNLOAD):
+            self._set_instance(InstanceStatus(status.value))
+        self._upsert_search_attributes()
+
+    def _set_instance(self, status: InstanceStatus) -> None:
+        for instance in self._state.instances:
+            instance.status = status
+
+    def _upsert_search_attributes(self) -> None:
+        updates = [
+            BERTH_STATUS.value_set(self._state.status.value),
+            BERTH_MODEL.value_set(self._state.spec.model[:2048]),
+        ]
+        if self._state.engine:
+            updates.append(BERTH_ENGINE.value_set(self._state.engine))
+        workflow.upsert_search_attributes(updates)
+
+    def _guidance_facts(self, failure: Failure) -> GuidanceFacts:
+        spec = self._state.spec
+        return GuidanceFacts(
+            model=spec.model,
+            engine=self._state.engine,
+            context_size=spec.context_size,
+            startup_timeout_s=spec.startup_timeout_s,
+            exit_code=failure.exit_code,
+            signal=failure.signal,
+        )
+
+
+def _failure_of(error: ActivityError) -> Failure:
+    """The Failure an activity raised, or a TRANSIENT one for a fault with no code of its own."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.type in ErrorCode.__members__:
+        if cause.details:
+            return Failure.model_validate(cause.details[0])
+        return Failure(code=ErrorCode(cause.type), message=cause.message)
+    message = str(cause or error)
+    return Failure(code=ErrorCode.TRANSIENT, message=f"a step of the pipeline failed: {message}")
+
+
+def _unknown_failure() -> Failure:
+    return Failure(code=ErrorCode.TRANSIENT, message="the engine stopped for no reason berth could see")
+
+
+def _validation_message(invalid: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'patch'}: {error['msg']}" for error in invalid.errors()
+    )

@@ -1,0 +1,51 @@
+"""Shared fixtures: one real berth stack (Temporal, Traefik, worker) for the integration tests."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from berth.testing.harness import RunningStack
+from berth.testing.tiny_gguf import write_garbage_gguf, write_tiny_gguf
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(models_dir) -> Path:
+    return write_tiny_gguf(models_dir / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def garbage_gguf(models_dir) -> Path:
+    return write_garbage_gguf(models_dir / "garbage.gguf")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """`berth up` on free ports; at the end it must stop cleanly and leave no process behind."""
+    running = RunningStack(tmp_path_factory.mktemp("berth-home")).start()
+    yield running
+    code = running.stop()
+    leftovers = running.leftovers()
+    for process in leftovers:
+        process.kill()
+    assert code == 0, "berth up did not exit cleanly:\n" + "".join(running.output)
+    assert not leftovers, f"processes left behind by the stack: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+async def client(stack):
+    return await stack.client()
+
+
+@pytest.fixture
+def name(request) -> str:
+    """A fresh deployment name per test (a DNS label)."""
+    base = request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
+    return f"{base}-{next(_names)}"
