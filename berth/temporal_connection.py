@@ -5,8 +5,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from berth.settings import NAMESPACE, Settings
 
-SEARCH_ATTRIBUTES = ("BerthStatus", "BerthEngine", "BerthModel")  # all Keyword
-
 
 async def connect(settings: Settings) -> Client:
     return await Client.connect(

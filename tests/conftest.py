@@ -9,6 +9,7 @@ from berth.testing.harness import RunningStack
 from berth.testing.tiny_gguf import write_garbage_gguf, write_tiny_gguf
 
 _names = itertools.count(1)
+RECONCILE_INTERVAL_S = 2
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +30,8 @@ def garbage_gguf(models_dir) -> Path:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """`berth up` on free ports; at the end it must stop cleanly and leave no process behind."""
-    running = RunningStack(tmp_path_factory.mktemp("berth-home")).start()
+    home = tmp_path_factory.mktemp("berth-home")
+    running = RunningStack(home, extra_env={"BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S)}).start()
     yield running
     code = running.stop()
     leftovers = running.leftovers()

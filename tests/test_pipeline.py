@@ -24,7 +24,7 @@ from berth.testing.harness import (
     start_deployment,
     wait_for_status,
 )
-from berth.workflows.deployment import workflow_id
+from berth.domain.temporal_names import workflow_id
 
 QUICK_RESTARTS = RestartPolicy(max_attempts=2, backoff_initial_s=0.2, backoff_max_s=0.5)
 

@@ -7,6 +7,7 @@ in the process environment, and then replaces that unrecorded process).
 
 import asyncio
 import time
+from dataclasses import replace
 
 from temporalio import activity
 
@@ -44,6 +45,8 @@ def launch(settings: Settings, request: LaunchRequest) -> EngineHandle:
     stop_instance(records, request.instance_id, grace_s=2.0)  # leftovers of an earlier launch
 
     command = get_engine(request.engine).command(request)
+    # which node's engine this is, for reconcile (the worker's own BERTH_HOME may be a default)
+    command = replace(command, env={**command.env, "BERTH_HOME": str(settings.home)})
     path = log_path(settings.logs_dir, request.deployment)
     exit_file = records.exit_file(request.instance_id)
     started = process_runtime.start(command, request.instance_id, path, exit_file)

@@ -165,3 +165,17 @@ def kill_processes(processes: list[psutil.Process]) -> None:
             except psutil.NoSuchProcess:
                 pass
     psutil.wait_procs(processes, timeout=5)
+
+
+def marked_processes(home: str) -> list[psutil.Process]:
+    """Live processes started by berth for any instance of the node whose $BERTH_HOME is `home`."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+            if INSTANCE_MARKER in env and env.get("BERTH_HOME") == home:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found

@@ -20,7 +20,8 @@ from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.temporal_connection import connect
-from berth.workflows.deployment import STATE_QUERY, WORKFLOW_TYPE, DeploymentInput, workflow_id
+from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
+from berth.workflows.deployment import DeploymentInput
 
 
 def free_port() -> int:

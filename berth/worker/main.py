@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import signal
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
+from berth.activities.reconcile import Reconciler
 from berth.activities.routing import configure_route, remove_route
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
@@ -35,6 +37,11 @@ NODE_ACTIVITIES = [
 MAX_NODE_ACTIVITIES = 4000
 
 
+def reconcile_interval_s() -> float:
+    """How often the node is checked for engines, ports and routes that no deployment owns."""
+    return float(os.environ.get("BERTH_RECONCILE_INTERVAL_S") or 30)
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     settings.ensure_dirs()
     client = await connect(settings)
@@ -52,9 +59,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         max_concurrent_activities=MAX_NODE_ACTIVITIES,
         graceful_shutdown_timeout=timedelta(seconds=2),
     )
+    reconciler = Reconciler(client, settings)
     async with control, node:
         logging.info("berth worker polling %s and %s", CONTROL_TASK_QUEUE, settings.node_queue)
-        await stop.wait()
+        await reconciler.run_forever(reconcile_interval_s(), stop)
 
 
 def main() -> None:

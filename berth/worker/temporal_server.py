@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from berth.settings import Settings
-from berth.temporal_connection import SEARCH_ATTRIBUTES
+from berth.domain.temporal_names import SEARCH_ATTRIBUTES
 
 
 def temporal_binary() -> str:

@@ -48,16 +48,21 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.spec import DeploymentSpec, SpecPatch
     from berth.domain.state import DeploymentError, DeploymentState, InstanceState, Transition
     from berth.domain.status import DeploymentStatus, InstanceStatus
+    from berth.domain.temporal_names import (
+        ENGINE_ATTRIBUTE,
+        MODEL_ATTRIBUTE,
+        RETRY_SIGNAL,
+        STATE_QUERY,
+        STATUS_ATTRIBUTE,
+        STOP_SIGNAL,
+        WORKFLOW_TYPE,
+        workflow_id,  # noqa: F401  (re-exported for callers that still import it from here)
+    )
     from berth.settings import CONTROL_TASK_QUEUE, node_task_queue
 
-WORKFLOW_TYPE = "DeploymentWorkflow"
-STATE_QUERY = "state"
-STOP_SIGNAL = "stop"
-RETRY_SIGNAL = "retry"
-
-BERTH_STATUS = SearchAttributeKey.for_keyword("BerthStatus")
-BERTH_ENGINE = SearchAttributeKey.for_keyword("BerthEngine")
-BERTH_MODEL = SearchAttributeKey.for_keyword("BerthModel")
+BERTH_STATUS = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
+BERTH_ENGINE = SearchAttributeKey.for_keyword(ENGINE_ATTRIBUTE)
+BERTH_MODEL = SearchAttributeKey.for_keyword(MODEL_ATTRIBUTE)
 
 MAX_TRANSITIONS = 200
 
@@ -80,10 +85,6 @@ TEARDOWN = dict(
 WATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
 )
-
-
-def workflow_id(name: str) -> str:
-    return f"deployment-{name}"
 
 
 class DeploymentInput(BaseModel):
@@ -374,6 +375,7 @@ class DeploymentWorkflow:
     def _guidance_facts(self, failure: Failure) -> GuidanceFacts:
         spec = self._state.spec
         return GuidanceFacts(
+            deployment=spec.name,
             model=spec.model,
             engine=self._state.engine,
             context_size=spec.context_size,

@@ -1,0 +1,21 @@
+"""The names under which deployments live in Temporal: what users type in the Temporal CLI and UI."""
+
+WORKFLOW_TYPE = "DeploymentWorkflow"
+STATE_QUERY = "state"
+STOP_SIGNAL = "stop"
+RETRY_SIGNAL = "retry"
+
+# Keyword search attributes, registered when the Temporal server starts.
+STATUS_ATTRIBUTE = "BerthStatus"
+ENGINE_ATTRIBUTE = "BerthEngine"
+MODEL_ATTRIBUTE = "BerthModel"
+SEARCH_ATTRIBUTES = (STATUS_ATTRIBUTE, ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE)
+
+
+def workflow_id(deployment: str) -> str:
+    return f"deployment-{deployment}"
+
+
+def deployment_of_workflow_id(workflow_id: str) -> str | None:
+    prefix = "deployment-"
+    return workflow_id[len(prefix):] if workflow_id.startswith(prefix) else None

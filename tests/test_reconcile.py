@@ -1,0 +1,85 @@
+"""Nothing orphaned: engines, ports and routes that no running deployment owns are reaped."""
+
+import asyncio
+import sys
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from berth.activities import process_runtime
+from berth.activities.engine_records import EngineRecord, EngineRecords
+from berth.activities.ports import port_is_free, registry
+from berth.activities.routing import write_route
+from berth.domain.pipeline import LaunchRequest, RouteRequest
+from berth.domain.spec import DeploymentSpec
+from berth.domain.status import DeploymentStatus as S
+from berth.domain.temporal_names import workflow_id
+from berth.engines.llamacpp import LlamaCppEngine
+from berth.testing.harness import engine_processes, start_deployment, wait_for_status
+from tests.conftest import RECONCILE_INTERVAL_S
+
+WITHIN_S = RECONCILE_INTERVAL_S * 3 + 5
+
+
+async def gone(check, timeout_s: float = WITHIN_S) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.2)
+    return check()
+
+
+async def test_terminated_deployment_is_reaped_within_a_reconcile_period(stack, client, tiny_gguf, name):
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf)))
+    state = await wait_for_status(client, name, S.DEPLOYED)
+    temporal = Path(sys.executable).parent / "temporal"
+    subprocess.run(
+        [str(temporal), "workflow", "terminate", "--address", stack.settings.temporal_address,
+         "--workflow-id", workflow_id(name), "--reason", "test"],
+        check=True, capture_output=True,
+    )
+    route = stack.settings.routes_dir / f"{name}.yml"
+    assert await gone(lambda: not engine_processes(stack.home, name)), "engine left running"
+    assert await gone(lambda: not route.exists()), "route left behind"
+    ports = registry(stack.settings)
+    assert await gone(lambda: state.instances[0].instance_id not in ports.reserved()), "port still reserved"
+    assert port_is_free(state.port)
+
+
+async def test_an_engine_no_deployment_owns_is_stopped_and_its_port_freed(stack, tiny_gguf):
+    settings = stack.settings
+    instance_id = "ghost-0badf00d"
+    port = registry(settings).allocate(instance_id)
+    request = LaunchRequest(
+        instance_id=instance_id, deployment="ghost", engine="llamacpp",
+        model_path=str(tiny_gguf), port=port,
+    )
+    command = LlamaCppEngine().command(request)
+    command.env["BERTH_HOME"] = str(settings.home)
+    records = EngineRecords(settings.run_dir)
+    started = process_runtime.start(
+        command, instance_id, settings.logs_dir / "ghost.log", records.exit_file(instance_id)
+    )
+    records.put(EngineRecord(
+        instance_id=instance_id, deployment="ghost", engine="llamacpp", port=port,
+        pid=started.pid, pid_create_time=started.pid_create_time, wrapper_pid=started.wrapper_pid,
+        log_path=str(settings.logs_dir / "ghost.log"), log_offset=0,
+        exit_file=str(records.exit_file(instance_id)), started_at=0,
+    ))
+    write_route(settings.routes_dir, RouteRequest(deployment="ghost", port=port, engine="llamacpp"))
+    # and one engine that was never even recorded (its worker died between spawn and record)
+    unrecorded = process_runtime.start(
+        command, "ghost-unrecorded-1", settings.logs_dir / "ghost2.log", settings.run_dir / "x.exit"
+    )
+    try:
+        assert await gone(lambda: not psutil.pid_exists(started.pid) or
+                          psutil.Process(started.pid).status() == psutil.STATUS_ZOMBIE)
+        assert await gone(lambda: not process_runtime.is_alive(unrecorded.pid, unrecorded.pid_create_time))
+        assert await gone(lambda: instance_id not in registry(settings).reserved())
+        assert await gone(lambda: not (settings.routes_dir / "ghost.yml").exists())
+        assert records.get(instance_id) is None
+    finally:
+        process_runtime.stop_group(started.wrapper_pid, grace_s=1)
+        process_runtime.stop_group(unrecorded.wrapper_pid, grace_s=1)
