@@ -1,0 +1,59 @@
+"""Engines as processes: the wrapper records exit status, stop reaches the whole group."""
+
+import os
+import signal
+import sys
+import time
+
+from berth.activities import process_runtime
+from berth.engines.base import LaunchCommand
+
+
+def run(tmp_path, code: str, instance: str = "t-1"):
+    command = LaunchCommand([sys.executable, "-c", code])
+    return process_runtime.start(command, instance, tmp_path / "log", tmp_path / "exit")
+
+
+def test_exit_code_and_output_are_recorded(tmp_path):
+    started = run(tmp_path, "print('hello from the engine'); raise SystemExit(3)")
+    assert started.pid != started.wrapper_pid
+    status = _wait_status(tmp_path)
+    assert (status.exit_code, status.signal) == (3, None)
+    assert "hello from the engine" in (tmp_path / "log").read_text()
+    assert status.describe() == "exited with status 3"
+
+
+def test_a_kill_9_is_recorded_as_signal_9(tmp_path):
+    started = run(tmp_path, "import time; time.sleep(60)")
+    os.kill(started.pid, signal.SIGKILL)
+    status = _wait_status(tmp_path)
+    assert status.signal == 9 and "SIGKILL" in status.describe()
+
+
+def test_stop_group_ends_the_engine_and_its_children(tmp_path):
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    started = run(tmp_path, code, "t-2")
+    time.sleep(0.5)
+    assert len(process_runtime.group_members(started.wrapper_pid)) >= 3
+    assert {p.pid for p in process_runtime.find_marked("t-2")} >= {started.pid, started.wrapper_pid}
+    process_runtime.stop_group(started.wrapper_pid, grace_s=5)
+    assert not process_runtime.group_members(started.wrapper_pid)
+    assert not process_runtime.is_alive(started.pid, started.pid_create_time)
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_engine(tmp_path):
+    started = run(tmp_path, "import time; time.sleep(60)", "t-3")
+    try:
+        assert process_runtime.is_alive(started.pid, started.pid_create_time)
+        assert not process_runtime.is_alive(started.pid, started.pid_create_time - 100)
+    finally:
+        process_runtime.stop_group(started.wrapper_pid, grace_s=1)
+
+
+def _wait_status(tmp_path, timeout_s=10):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = process_runtime.exit_status(tmp_path / "exit")
+        if status.exit_code is not None or time.monotonic() > deadline:
+            return status
+        time.sleep(0.01)

@@ -1,0 +1,59 @@
+"""DeploymentSpec and SpecPatch: bad input is refused with a message that says what to change."""
+
+import pytest
+from pydantic import ValidationError
+
+from berth.domain.spec import DeploymentSpec, RestartPolicy, SpecPatch
+
+
+@pytest.mark.parametrize("name", ["a", "qwen-small", "m0", "x" * 63, "9lives"])
+def test_good_names(name):
+    assert DeploymentSpec(name=name, model="m.gguf").name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "Upper", "has.dot", "has/slash", "back`tick", "-lead", "trail-", "x" * 64, "sp ace", "under_score"],
+)
+def test_bad_names_are_refused_with_advice(name):
+    with pytest.raises(ValidationError) as refused:
+        DeploymentSpec(name=name, model="m.gguf")
+    assert "DNS label" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"engine": "tensorrt"},
+        {"context_size": 0},
+        {"context_size": -1},
+        {"context_size": 10**9},
+        {"startup_timeout_s": 0},
+        {"unknown_field": 1},
+        {"env": {"1BAD": "x"}},
+        {"model": ""},
+        {"restart": {"max_attempts": -1}},
+    ],
+)
+def test_bad_fields_are_refused(fields):
+    with pytest.raises(ValidationError):
+        DeploymentSpec.model_validate({"name": "ok", "model": "m.gguf", **fields})
+
+
+def test_patch_changes_only_what_it_names():
+    spec = DeploymentSpec(name="ok", model="m.gguf", context_size=4096, env={"A": "1"})
+    patched = spec.patched(SpecPatch(context_size=1024))
+    assert patched.context_size == 1024
+    assert patched.env == {"A": "1"} and patched.model == "m.gguf" and patched.name == "ok"
+
+
+def test_patch_cannot_rename_and_is_validated():
+    with pytest.raises(ValidationError):
+        SpecPatch.model_validate({"name": "other"})
+    with pytest.raises(ValidationError):
+        SpecPatch.model_validate({"context_size": -5})
+
+
+def test_backoff_doubles_up_to_the_cap():
+    policy = RestartPolicy(backoff_initial_s=1, backoff_max_s=60)
+    assert [policy.backoff_s(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
