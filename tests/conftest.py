@@ -1,6 +1,7 @@
 """Shared fixtures: one real berth stack (Temporal, Traefik, worker) for the integration tests."""
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,10 @@ def garbage_gguf(models_dir) -> Path:
 def stack(tmp_path_factory):
     """`berth up` on free ports; at the end it must stop cleanly and leave no process behind."""
     home = tmp_path_factory.mktemp("berth-home")
-    running = RunningStack(home, extra_env={"BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S)}).start()
+    running = RunningStack(
+        home,
+        extra_env={"BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S), "BERTH_FAULT_INJECTION": "1"},
+    ).start()
     yield running
     code = running.stop()
     leftovers = running.leftovers()
@@ -49,5 +53,5 @@ async def client(stack):
 @pytest.fixture
 def name(request) -> str:
     """A fresh deployment name per test (a DNS label)."""
-    base = request.node.name.removeprefix("test_").replace("_", "-")[:40].strip("-")
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40].strip("-")
     return f"{base}-{next(_names)}"

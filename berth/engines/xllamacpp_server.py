@@ -15,7 +15,9 @@ xllamacpp behaviour this relies on (xllamacpp 2026.10, llama.cpp server):
   failure raises ``RuntimeError`` and leaves no server behind.
 - The constructor holds the GIL for the whole load, so no Python signal
   handler (or thread) runs meanwhile. We therefore set SIGTERM/SIGINT to
-  SIG_DFL during the load: a stop then kills the process at once.
+  SIG_DFL during the load: a stop then kills the process at once (exit
+  status -SIGTERM). /health turns 200 a few ms before ``Server()`` returns,
+  so a stop right after readiness can still land in that window.
 - xllamacpp installs no signal handlers; deleting the ``Server`` stops the
   HTTP server and the inference loop.
 """

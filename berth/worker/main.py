@@ -18,6 +18,8 @@ from berth.activities.routing import configure_route, remove_route
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
 from berth.settings import CONTROL_TASK_QUEUE, Settings
+from berth.worker import fault_injection
+from berth.worker.fault_injection import KillWorkerInterceptor
 from berth.temporal_connection import connect
 from berth.workflows.deployment import DeploymentWorkflow
 
@@ -58,6 +60,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         activities=NODE_ACTIVITIES,
         max_concurrent_activities=MAX_NODE_ACTIVITIES,
         graceful_shutdown_timeout=timedelta(seconds=2),
+        interceptors=[KillWorkerInterceptor(settings.home)] if fault_injection.enabled() else [],
     )
     reconciler = Reconciler(client, settings)
     async with control, node:
