@@ -12,9 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 from temporalio.client import Client, WorkflowHandle
 
+from berth.api.auth import load_api_token
+from berth.api.server import api_url
 from berth.domain.spec import DeploymentSpec
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
@@ -134,6 +137,37 @@ class RunningStack:
 
     async def client(self) -> Client:
         return await connect(self.settings)
+
+    @property
+    def api_url(self) -> str:
+        return api_url(self.settings)
+
+    def api_token(self) -> str:
+        """The token `berth up` uses: BERTH_API_TOKEN, else the one it wrote to $BERTH_HOME/api-token."""
+        token = load_api_token(self.settings, self.env)
+        if token is None:
+            raise RuntimeError(f"no API token under {self.home}: has `berth up` started?")
+        return token
+
+    def api(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client for the REST API, with the stack's bearer token (or the one given)."""
+        return httpx.Client(
+            base_url=self.api_url,
+            headers={"Authorization": f"Bearer {token or self.api_token()}"},
+            timeout=30,
+        )
+
+    def wait_for_output(self, text: str, timeout_s: float = 30) -> str:
+        """The first line of `berth up`'s output that contains `text`, waiting for it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.output):
+                if text in line:
+                    return line
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"berth up did not print {text!r}:\n" + "".join(self.output))
 
 
 async def start_deployment(client: Client, spec: DeploymentSpec) -> WorkflowHandle:

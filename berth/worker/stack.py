@@ -1,12 +1,14 @@
 """`berth up`: the whole local stack in the foreground, every piece a real server on loopback.
 
-Temporal (dev server, SQLite under $BERTH_HOME), Traefik (file provider on $BERTH_HOME/routes) and
-the berth worker start together; `up` waits until each one answers, prints where everything is,
-restarts a piece that dies (a bounded number of times), and on Ctrl-C/SIGTERM stops everything it
-started, engines included. Deployments live in Temporal: the next `berth up` brings them back.
+Temporal (dev server, SQLite under $BERTH_HOME), Traefik (file provider on $BERTH_HOME/routes),
+the berth worker and the REST API start together; `up` waits until each one answers, prints where
+everything is, restarts a piece that dies (a bounded number of times), and on Ctrl-C/SIGTERM stops
+everything it started, engines included. Deployments live in Temporal: the next `berth up` brings
+them back.
 """
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -18,6 +20,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from berth.activities.launch import stop_all_for_node_shutdown
+from berth.api.auth import TOKEN_ENV, ensure_api_token, token_path
+from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.temporal_connection import connect
 from berth.worker.gateway import gateway_argv, gateway_ready
@@ -42,7 +46,8 @@ class Stack:
         self.worker = ManagedProcess(
             "worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log"
         )
-        self.processes = [self.temporal, self.gateway, self.worker]
+        self.api = ManagedProcess("api", [sys.executable, "-m", "berth.api.server"], logs / "api.log")
+        self.processes = [self.temporal, self.gateway, self.worker, self.api]
         self._restart_times: dict[str, list[float]] = {}
         self.client: Client | None = None
 
@@ -54,12 +59,14 @@ class Stack:
     async def start(self) -> float:
         started = time.monotonic()
         self._check_ports_free()
+        ensure_api_token(self.settings)  # before the API starts: it serves with this token
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers
         await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
         self.client = await self._connect()
         await self._wait("Traefik", lambda: gateway_ready(self.settings), self.gateway)
         await self._wait_worker_polling()
+        await self._wait("the berth API", lambda: api_ready(self.settings), self.api)
         return time.monotonic() - started
 
     def _check_ports_free(self) -> None:
@@ -67,6 +74,7 @@ class Stack:
             ("Temporal (BERTH_TEMPORAL_PORT)", self.settings.temporal_port),
             ("the Temporal UI (BERTH_UI_PORT)", self.settings.ui_port),
             ("the gateway (BERTH_GATEWAY_PORT)", self.settings.gateway_port),
+            ("the berth API (BERTH_API_PORT)", self.settings.api_port),
         ):
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -133,12 +141,16 @@ class Stack:
         self.say(
             f"berth is up ({took_s:.1f} s)\n"
             f"  gateway      {s.gateway_url}/models/<name>/v1/...\n"
+            f"  API          {api_url(s)} (docs at /docs; token in {self._token_source()})\n"
             f"  Temporal UI  http://127.0.0.1:{s.ui_port}\n"
             f"  Temporal     {s.temporal_address} (namespace {NAMESPACE}, task queues "
             f"{CONTROL_TASK_QUEUE} and {s.node_queue})\n"
             f"  home         {s.home}\n"
             "Ctrl-C stops berth and its engines; deployments come back on the next `berth up`."
         )
+
+    def _token_source(self) -> str:
+        return TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(self.settings))
 
     # ---- run ------------------------------------------------------------------------------------
 
@@ -169,7 +181,8 @@ class Stack:
     # ---- stop -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Worker first (so that no activity sees its engine die), then engines, router, Temporal."""
+        """API, then worker (so that no activity sees its engine die), then engines, router, Temporal."""
+        self.api.stop()
         self.worker.stop(grace_s=10)
         stopped = stop_all_for_node_shutdown(self.settings)
         if stopped:

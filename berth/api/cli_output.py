@@ -1,0 +1,167 @@
+"""What the `berth` CLI prints: states, failures, tables, and following a deployment live.
+
+Works on the API's JSON (dicts), so the CLI stays a thin HTTP client.
+"""
+
+import itertools
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TextIO
+
+SUCCESS = frozenset({"DEPLOYED"})
+FAILURE = frozenset({"ERROR", "FAILED", "MUST_REDOWNLOAD"})
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+CLEAR_LINE = "\r\x1b[2K"
+
+
+def clock(at: str | None) -> str:
+    """'14:03:07' in local time, from the API's ISO timestamp."""
+    if not at:
+        return "--:--:--"
+    try:
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return at
+
+
+def transition_line(transition: dict) -> str:
+    return f"{clock(transition.get('at'))}  {transition['status']:<15} {transition.get('detail', '')}".rstrip()
+
+
+def transition_key(transition: dict) -> tuple:
+    return transition.get("at"), transition.get("status"), transition.get("detail")
+
+
+def last_transition_key(state: dict) -> tuple | None:
+    transitions = state.get("transitions") or []
+    return transition_key(transitions[-1]) if transitions else None
+
+
+def new_transitions(state: dict, seen: tuple | None) -> list[dict]:
+    """The transitions after the one with key `seen` (all of them when it is gone or None)."""
+    transitions = state.get("transitions") or []
+    if seen is None:
+        return transitions
+    keys = [transition_key(t) for t in transitions]
+    if seen not in keys:
+        return transitions
+    return transitions[keys.index(seen) + 1 :]
+
+
+def failure_text(state: dict) -> str:
+    """The code, the message, the guidance and the log lines that prove it."""
+    name, status, error = state.get("name"), state.get("status"), state.get("error")
+    if not error:
+        return f"{name} is {status}"
+    lines = [
+        f"{name} is {status}: {error['code']}",
+        f"  {error['message']}",
+        f"  what to do: {error['guidance']}",
+    ]
+    if status == "ERROR" and state.get("next_retry_at"):
+        lines.append(
+            f"  berth retries by itself at {clock(state['next_retry_at'])} "
+            f"(automatic attempt {state.get('attempts', 0)}); `berth stop {name}` gives up"
+        )
+    if error.get("log_lines"):
+        lines.append("  log lines that show it:")
+        lines += [f"    | {line}" for line in error["log_lines"]]
+    return "\n".join(lines)
+
+
+def outcome_text(state: dict) -> str:
+    """The last line(s) of a --wait: where it serves, or why it does not."""
+    status = state.get("status")
+    if status == "DEPLOYED":
+        return f"{state['name']} is DEPLOYED: {state.get('endpoint') or ''}".rstrip(": ")
+    if status in FAILURE:
+        return failure_text(state)
+    return f"{state.get('name')} is {status}"
+
+
+def state_text(state: dict, transitions: int = 5) -> str:
+    """`berth status NAME`: everything a person asks first, then the recent transitions."""
+    rows = [("name", state.get("name")), ("status", state.get("status"))]
+    engine = state.get("engine")
+    if engine:
+        reasons = "; ".join(state.get("engine_reasons") or [])
+        rows.append(("engine", f"{engine} ({reasons})" if reasons else engine))
+    spec = state.get("spec") or {}
+    rows.append(("model", spec.get("model")))
+    if state.get("context_size") or spec.get("context_size"):
+        rows.append(("context", str(state.get("context_size") or spec.get("context_size"))))
+    rows.append(("endpoint", state.get("endpoint") or "-"))
+    for instance in state.get("instances") or []:
+        facts = [instance.get("status", "")]
+        if instance.get("pid"):
+            facts.append(f"pid {instance['pid']}")
+        if instance.get("port"):
+            facts.append(f"port {instance['port']}")
+        rows.append(("instance", f"{instance['instance_id']} on {instance['node']}: {', '.join(facts)}"))
+        if instance.get("log_path"):
+            rows.append(("log", f"{instance['log_path']} (berth logs {state.get('name')})"))
+    if state.get("rejected_patch"):
+        rows.append(("rejected", f"last retry patch: {state['rejected_patch']}"))
+    width = max(len(label) for label, _ in rows)
+    text = [f"{label:<{width}}  {value}" for label, value in rows if value is not None]
+    if state.get("error"):
+        text += ["", failure_text(state)]
+    recent = (state.get("transitions") or [])[-transitions:]
+    if recent:
+        text += ["", "recent transitions:"] + [f"  {transition_line(t)}" for t in recent]
+    return "\n".join(text)
+
+
+def table(rows: Iterable[Iterable[str]], header: Iterable[str]) -> str:
+    rows = [[str(cell or "-") for cell in row] for row in rows]
+    header = list(header)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
+    return "\n".join(lines)
+
+
+def follow(
+    fetch: Callable[[], dict],
+    out: TextIO,
+    *,
+    done_ok: frozenset[str] = SUCCESS,
+    done_bad: frozenset[str] = FAILURE | {"STOPPED"},
+    seen: tuple | None = None,
+    require_new: bool = False,
+    live: bool = False,
+    poll_s: float = 0.2,
+    prefix: str = "",
+) -> tuple[int, dict]:
+    """Print each transition as it happens until the status is in done_ok (0) or done_bad (1).
+
+    `seen`: the last transition already shown (those up to it are not printed again).
+    `require_new`: end only after a transition newer than `seen` (e.g. after a retry, the old
+    FAILED must not count). `live`: on a terminal, also keep one status line with a spinner.
+    `prefix`: put before each transition line.
+    """
+    started = time.monotonic()
+    spinner = itertools.cycle(SPINNER)
+    fresh = not require_new
+    while True:
+        state = fetch()
+        arrived = new_transitions(state, seen)
+        if arrived:
+            if live:
+                out.write(CLEAR_LINE)
+            for transition in arrived:
+                out.write(prefix + transition_line(transition) + "\n")
+            seen, fresh = transition_key(arrived[-1]), True
+        status = state.get("status")
+        if fresh and status in done_ok | done_bad:
+            if live:
+                out.write(CLEAR_LINE)
+            out.flush()
+            return (0 if status in done_ok else 1), state
+        if live:
+            detail = ((state.get("transitions") or [{}])[-1]).get("detail", "")
+            line = f"{next(spinner)} {state.get('name')} {status}  {detail}  ({time.monotonic() - started:.0f} s)"
+            out.write(CLEAR_LINE + line[: shutil.get_terminal_size().columns - 1])
+        out.flush()
+        time.sleep(poll_s)

@@ -1,0 +1,90 @@
+"""The REST API from Python, for the `berth` CLI (and tests): one method per route, JSON in and out.
+
+Errors are two exceptions with a one-line message each: ApiUnreachable (no API answers: is
+`berth up` running?) and ApiRequestError (the API said no: 4xx/5xx with its code and message).
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from berth.api.auth import TOKEN_ENV, load_api_token, token_path
+from berth.api.server import api_url
+from berth.settings import Settings
+
+
+class ApiUnreachable(Exception):
+    pass
+
+
+class ApiRequestError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class BerthApi:
+    def __init__(self, base_url: str, token: str | None, timeout_s: float = 30.0, token_hint: str = ""):
+        self.base_url = base_url
+        self.token = token
+        self.token_hint = token_hint or f"set {TOKEN_ENV}, or run `berth up` once to create $BERTH_HOME/api-token"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "BerthApi":
+        """The API of this machine's `berth up`: 127.0.0.1:$BERTH_API_PORT, token as `berth up` keeps it."""
+        settings = Settings.from_env(env)
+        hint = f"set {TOKEN_ENV}, or run `berth up` once to create {token_path(settings)}"
+        return cls(api_url(settings), load_api_token(settings, env), token_hint=hint)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- routes ---------------------------------------------------------------------------------
+
+    def deploy(self, spec: dict[str, Any]) -> dict:
+        return self._call("POST", "/v1/deployments", json=spec)
+
+    def list(self, status: str | None = None) -> list[dict]:
+        params = {"status": status} if status else None
+        return self._call("GET", "/v1/deployments", params=params)["deployments"]
+
+    def get(self, name: str) -> dict:
+        return self._call("GET", f"/v1/deployments/{name}")
+
+    def stop(self, name: str) -> dict:
+        return self._call("POST", f"/v1/deployments/{name}/stop")
+
+    def retry(self, name: str, patch: dict[str, Any] | None = None) -> dict:
+        return self._call("POST", f"/v1/deployments/{name}/retry", json=patch or None)
+
+    def logs(self, name: str, tail: int = 100, offset: int | None = None) -> dict:
+        params: dict[str, int] = {"tail": tail}
+        if offset is not None:
+            params["offset"] = offset
+        return self._call("GET", f"/v1/deployments/{name}/logs", params=params)
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise ApiUnreachable(f"cannot reach the berth API at {self.base_url}: is `berth up` running?") from None
+        except httpx.HTTPError as error:
+            raise ApiUnreachable(
+                f"the berth API at {self.base_url} did not answer ({type(error).__name__}): is `berth up` running?"
+            ) from None
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", f"the API answered {response.status_code}: {response.text[:200]}"
+        if response.status_code == 401 and not self.token:
+            message = f"no API token: {self.token_hint}"
+        raise ApiRequestError(response.status_code, code, message)

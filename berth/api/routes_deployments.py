@@ -1,0 +1,89 @@
+"""/v1/deployments: a thin layer over the facade. Bodies are the domain's own models."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+from pydantic import BaseModel
+
+from berth.api.dependencies import deployments, require_token
+from berth.api.errors import ERROR_RESPONSES
+from berth.api.facade import MAX_TAIL, DeploymentLogs, Deployments, DeploymentSummary
+from berth.domain.spec import DeploymentSpec, SpecPatch
+from berth.domain.state import DeploymentState
+from berth.domain.status import DeploymentStatus
+
+router = APIRouter(
+    prefix="/v1/deployments",
+    tags=["deployments"],
+    dependencies=[Depends(require_token)],
+    responses={code: ERROR_RESPONSES[code] for code in (400, 401, 404, 503)},
+)
+
+Facade = Annotated[Deployments, Depends(deployments)]
+
+
+class DeploymentList(BaseModel):
+    deployments: list[DeploymentSummary]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentState,
+    responses={code: ERROR_RESPONSES[code] for code in (409, 413)},
+    summary="Deploy a model",
+)
+async def deploy(spec: DeploymentSpec, facade: Facade) -> DeploymentState:
+    """Start serving `spec.model` as `spec.name`. Answers at once (202) with the state, REQUESTED;
+    follow it with GET /v1/deployments/{name}. A name that is deployed and not STOPPED is a 409."""
+    return await facade.deploy(spec)
+
+
+@router.get("", response_model=DeploymentList, summary="List deployments")
+async def list_deployments(
+    facade: Facade,
+    status: Annotated[DeploymentStatus | None, Query(description="only deployments in this status")] = None,
+) -> DeploymentList:
+    """From Temporal's visibility store (search attributes), which trails changes by about a second."""
+    return DeploymentList(deployments=await facade.list(status))
+
+
+@router.get("/{name}", response_model=DeploymentState, summary="A deployment's state")
+async def get_deployment(name: str, facade: Facade) -> DeploymentState:
+    return await facade.get(name)
+
+
+@router.post(
+    "/{name}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentState,
+    summary="Stop a deployment",
+)
+async def stop_deployment(name: str, facade: Facade) -> DeploymentState:
+    """Stops the engine and removes its route and port; the status becomes STOPPED moments later.
+    Stopping a stopped deployment is not an error."""
+    return await facade.stop(name)
+
+
+@router.post(
+    "/{name}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentState,
+    responses={409: ERROR_RESPONSES[409]},
+    summary="Deploy again, optionally with changes",
+)
+async def retry_deployment(name: str, facade: Facade, patch: SpecPatch | None = None) -> DeploymentState:
+    """Deploy again now (after FAILED, or to apply a change), e.g. with `{"context_size": 2048}`.
+    The patch is checked against the current spec first: a bad one is a 400 and changes nothing."""
+    return await facade.retry(name, patch)
+
+
+@router.get("/{name}/logs", response_model=DeploymentLogs, summary="The engine's log")
+async def deployment_logs(
+    name: str,
+    facade: Facade,
+    tail: Annotated[int, Query(ge=1, le=MAX_TAIL, description="how many of the last lines")] = 100,
+    offset: Annotated[int | None, Query(ge=0, description="only lines after this byte offset (to follow)")] = None,
+) -> DeploymentLogs:
+    """The last lines of the engine log, and those of them that match a known failure pattern."""
+    return await facade.logs(name, tail, offset)
