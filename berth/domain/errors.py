@@ -25,3 +25,5 @@ class Failure(BaseModel):
     log_lines: list[str] = Field(default_factory=list)
     exit_code: int | None = None
     signal: int | None = None
+    # The largest context size that fits, where the failure is an OOM and it is known.
+    suggested_context_size: int | None = None

@@ -1,0 +1,70 @@
+"""plan_resources: will the model fit on this node's memory, and with which context size?
+
+Runs on the node's queue after prepare_files (it reads the model's headers there) and before the
+launch: a model that cannot fit fails here, as OOM with the largest context size that fits, and
+nothing is launched. The arithmetic is `berth.domain.memory`; this activity only gathers the facts.
+"""
+
+import asyncio
+import logging
+import os
+import re
+
+from temporalio import activity
+
+from berth.activities.failures import failure_error
+from berth.activities.hardware import probe_hardware
+from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
+from berth.domain.errors import ErrorCode
+from berth.domain.memory import plan_resources as plan
+from berth.domain.pipeline import PLAN_RESOURCES, PlanRequest, ResourcePlan
+
+
+log = logging.getLogger(__name__)
+MEMORY_LIMIT_ENV = "BERTH_MEMORY_LIMIT"
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'536870912', '512MiB', '0.5 GiB', '2G' (powers of 1000), '2Gi' -> bytes."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if not found:
+        raise ValueError(f"{text!r} is not a size: use bytes or a number with K, M, G, Ki, Mi, Gi")
+    return int(float(found[1]) * _UNITS[(found[2] or "").lower()])
+
+
+def memory_limit() -> int | None:
+    """BERTH_MEMORY_LIMIT: the most memory berth's engines may use on this node (unset: no limit)."""
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    return parse_bytes(raw) if raw else None
+
+
+def plan_for(request: PlanRequest) -> ResourcePlan | None:
+    """The plan, or the failure to raise (OOM). Blocking: call in a thread.
+
+    None when the model's header cannot be read: then there is nothing to estimate, and the
+    engine itself is the authority on what is wrong with the file (its own log line is the
+    evidence the user gets, classified as MODEL_LOADING_FAILURE)."""
+    try:
+        facts = read_model_facts(request.model_path)
+    except (ModelFilesUnreadable, OSError) as unreadable:
+        log.info("no memory plan for %s: %s", request.model_path, unreadable)
+        return None
+    try:
+        limit = memory_limit()
+    except ValueError as bad:
+        raise failure_error(ErrorCode.RUNTIME_ERROR, f"{MEMORY_LIMIT_ENV} on this node: {bad}") from None
+    result = plan(facts, request.engine, probe_hardware(), request.context_size, limit)
+    if not result.fits:
+        raise failure_error(
+            ErrorCode.OOM,
+            result.message,
+            log_lines=result.reasons,
+            suggested_context_size=result.suggested_context_size,
+        )
+    return result
+
+
+@activity.defn(name=PLAN_RESOURCES)
+async def plan_resources(request: PlanRequest) -> ResourcePlan | None:
+    return await asyncio.to_thread(plan_for, request)
