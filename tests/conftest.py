@@ -11,6 +11,7 @@ from berth.testing.tiny_gguf import write_garbage_gguf, write_tiny_gguf
 
 _names = itertools.count(1)
 RECONCILE_INTERVAL_S = 2
+NODE_MEMORY_LIMIT = "640MiB"
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,12 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("berth-home")
     running = RunningStack(
         home,
-        extra_env={"BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S), "BERTH_FAULT_INJECTION": "1"},
+        extra_env={
+            "BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
+            "BERTH_FAULT_INJECTION": "1",
+            # a node with little memory, so that a too-big context is refused before launch
+            "BERTH_MEMORY_LIMIT": NODE_MEMORY_LIMIT,
+        },
     ).start()
     yield running
     code = running.stop()
@@ -55,3 +61,10 @@ def name(request) -> str:
     """A fresh deployment name per test (a DNS label)."""
     base = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40].strip("-")
     return f"{base}-{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def api(stack):
+    """An HTTP client for the stack's REST API, with its bearer token."""
+    with stack.api() as http:
+        yield http

@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -16,14 +17,16 @@ class EngineRecord(BaseModel):
     deployment: str
     engine: str
     port: int
-    pid: int  # the engine process
-    pid_create_time: float
-    wrapper_pid: int  # the process-group leader that records the engine's exit status
+    pid: int  # the engine process (a container's main process, as the host sees it)
+    pid_create_time: float  # process runtime only (0 for a container)
+    wrapper_pid: int  # process runtime: the group leader that records the exit status (0 for a container)
     log_path: str
     log_offset: int
-    exit_file: str
+    exit_file: str  # process runtime only ("" for a container: Docker keeps its exit status)
     started_at: float
     stopped_by_shutdown: bool = False  # `berth up` stopped it on its way down: relaunch, no failure
+    runtime: Literal["process", "container"] = "process"
+    container_id: str | None = None  # container runtime: the Docker container
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -1,19 +1,33 @@
-"""Looking at a launched engine from any worker on its node: alive or not, and if not, why."""
+"""Looking at a launched engine from any worker on its node: alive or not, and if not, why.
+
+The engine's record says where it runs: a native process (its pid, the exit file its wrapper
+writes, the deployment's log file) or a Docker container (Docker's State, with ExitCode and
+OOMKilled, and the container's own output). Both feed the same log classifier.
+"""
 
 import asyncio
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from berth.activities import process_runtime
+from berth.activities import container_runtime, process_runtime
 from berth.activities.engine_records import EngineRecord, EngineRecords
 from berth.activities.logs import read_lines_since
-from berth.domain.diagnostics import classify_exit
+from berth.domain.diagnostics import classify_exit, classify_log
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import EngineHandle
 from berth.engines.registry import get_engine
 from berth.settings import Settings
+
+CONTAINER_POLL_S = 1.0  # a container's exit is noticed by asking Docker this often
+
+
+def record_alive(record: EngineRecord) -> bool:
+    if record.runtime == "container":
+        return record.container_id is not None and container_runtime.is_alive(record.container_id)
+    return process_runtime.is_alive(record.pid, record.pid_create_time)
 
 
 @dataclass
@@ -26,20 +40,26 @@ class EngineView:
     @classmethod
     def of(cls, handle: EngineHandle) -> "EngineView":
         record = EngineRecords(Settings.from_env().run_dir).get(handle.instance_id)
-        if record is not None and record.pid != handle.pid:
+        if record is not None and (record.pid != handle.pid or record.container_id != handle.container_id):
             record = None  # the record is of another launch
         return cls(handle, record)
+
+    @property
+    def in_container(self) -> bool:
+        return self.record is not None and self.record.runtime == "container"
 
     @property
     def stopped_by_shutdown(self) -> bool:
         return self.record is not None and self.record.stopped_by_shutdown
 
     def alive(self) -> bool:
-        return self.record is not None and process_runtime.is_alive(
-            self.record.pid, self.record.pid_create_time
-        )
+        return self.record is not None and record_alive(self.record)
 
     def log_lines(self, max_lines: int = 200) -> list[str]:
+        if self.in_container:
+            lines = container_runtime.log_lines(self.record.container_id, max_lines)
+            if lines is not None:
+                return lines
         return read_lines_since(Path(self.handle.log_path), self.handle.log_offset, max_lines)
 
     def exit_failure(self) -> Failure:
@@ -49,15 +69,53 @@ class EngineView:
                 code=ErrorCode.CONTAINER_EXITED,
                 message="the engine's record is gone from the node: it was stopped outside berth",
             )
-        process_runtime.reap(self.record.wrapper_pid)
-        status = process_runtime.exit_status(Path(self.record.exit_file))
         engine = get_engine(self.handle.engine)
+        if self.in_container:
+            status = container_runtime.exit_status(self.record.container_id)
+            if status.exit_code is None:
+                return Failure(
+                    code=ErrorCode.CONTAINER_EXITED,
+                    message="the engine's container is gone: it was removed outside berth",
+                    log_lines=self.log_lines(20),
+                )
+            lines = self.log_lines()
+            if status.error:  # Docker's own words, e.g. the GPU runtime failing to start it
+                lines.append(f"docker: {status.error}")
+            return classify_exit(
+                lines, status.exit_code, None, oom_killed=status.oom_killed, extra_patterns=engine.log_patterns
+            )
+        status = process_runtime.wait_exit_status(Path(self.record.exit_file), self.record.wrapper_pid)
         return classify_exit(
             self.log_lines(),
             status.exit_code,
             status.signal,
             extra_patterns=engine.log_patterns,
         )
+
+    def unhealthy_failure(self, message: str) -> Failure:
+        """The engine runs, but its health check says it is broken: what its log says why."""
+        lines = self.log_lines(50)
+        diagnosis = classify_log(lines, get_engine(self.handle.engine).log_patterns)
+        if diagnosis is not None:
+            return Failure(
+                code=diagnosis.code,
+                message=f"{message}: {diagnosis.primary.text.strip()}",
+                log_lines=[match.text for match in diagnosis.matched],
+            )
+        return Failure(code=ErrorCode.RUNTIME_ERROR, message=message, log_lines=lines[-20:])
+
+    async def wait_for_exit(self, timeout_s: float) -> bool:
+        """True as soon as the engine is seen gone, False after timeout_s if it still runs."""
+        if self.record is None:
+            return True
+        if not self.in_container:
+            return await wait_for_exit(self.record.pid, self.record.pid_create_time, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(CONTAINER_POLL_S, remaining))
+            if not self.alive():
+                return True
+        return False
 
 
 async def wait_for_exit(pid: int, create_time: float, timeout_s: float) -> bool:

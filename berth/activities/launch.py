@@ -2,21 +2,36 @@
 
 launch_engine is idempotent: a retried launch finds the engine it started through the node's
 engine record (or, if the worker died between spawning and recording, through the instance marker
-in the process environment, and then replaces that unrecorded process).
+in the process environment, and then replaces that unrecorded process; or through the container's
+`berth.instance` label, and then adopts that container while it runs the same request).
+
+Each engine says where it runs (Engine.runtime): a native process (process_runtime) or a Docker
+container (container_runtime); the record remembers which, and everything after the launch
+(watching, logs, stopping) follows the record.
 """
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
+from docker.errors import APIError, ImageNotFound
 from temporalio import activity
 
-from berth.activities import process_runtime
+from berth.activities import container_runtime, process_runtime
 from berth.activities.engine_records import EngineRecord, EngineRecords
+from berth.activities.engine_watch import record_alive
+from berth.activities.failures import failure_error
 from berth.activities.logs import log_path
+from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LAUNCH_ENGINE, STOP_ENGINE, EngineHandle, LaunchRequest, StopRequest
+from berth.engines.base import ContainerSpec
 from berth.engines.registry import get_engine
 from berth.settings import Settings
+
+log = logging.getLogger(__name__)
+HOME_LABEL = "berth.home"  # which node's engine a container is, like BERTH_HOME in a process's env
 
 
 def handle_of(record: EngineRecord) -> EngineHandle:
@@ -29,6 +44,7 @@ def handle_of(record: EngineRecord) -> EngineHandle:
         log_path=record.log_path,
         log_offset=record.log_offset,
         started_at=record.started_at,
+        container_id=record.container_id,
     )
 
 
@@ -39,12 +55,19 @@ def launch(settings: Settings, request: LaunchRequest) -> EngineHandle:
         record is not None
         and not record.stopped_by_shutdown
         and record.port == request.port
-        and process_runtime.is_alive(record.pid, record.pid_create_time)
+        and record_alive(record)
     ):
         return handle_of(record)  # a retried launch: the engine is already running
+    engine = get_engine(request.engine)
+    if engine.runtime() == "container":
+        # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
+        stop_instance(records, request.instance_id, grace_s=2.0, containers=False)
+        record = launch_container(settings, request, engine.container_request(request))
+        records.put(record)
+        return handle_of(record)
     stop_instance(records, request.instance_id, grace_s=2.0)  # leftovers of an earlier launch
 
-    command = get_engine(request.engine).command(request)
+    command = engine.command(request)
     # which node's engine this is, for reconcile (the worker's own BERTH_HOME may be a default)
     command = replace(command, env={**command.env, "BERTH_HOME": str(settings.home)})
     path = log_path(settings.logs_dir, request.deployment)
@@ -67,14 +90,70 @@ def launch(settings: Settings, request: LaunchRequest) -> EngineHandle:
     return handle_of(record)
 
 
-def stop_instance(records: EngineRecords, instance_id: str, grace_s: float = 10.0) -> None:
+def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec) -> EngineRecord:
+    spec = replace(spec, labels={**spec.labels, HOME_LABEL: str(settings.home)})
+    path = log_path(settings.logs_dir, request.deployment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as log_file:
+        log_offset = log_file.tell()
+        log_file.write(f"=== berth: container {spec.name}: {spec.image} {' '.join(spec.command)}\n".encode())
+    try:
+        started = container_runtime.launch(spec)
+    except container_runtime.DockerUnavailable as error:
+        raise failure_error(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            f"engine {request.engine!r} runs in Docker on this node, but {error}; start Docker, "
+            "or run the engine natively",
+        ) from None
+    except ImageNotFound:
+        raise failure_error(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            f"the image {spec.image} is not on this node: run `docker pull {spec.image}` first",
+        ) from None
+    except APIError as error:
+        if "could not select device driver" in str(error):
+            raise failure_error(
+                ErrorCode.CUDA_ERROR,
+                "Docker cannot give the container GPUs: install the NVIDIA Container Toolkit "
+                f"and restart Docker ({error.explanation or error})",
+            ) from None
+        raise
+    return EngineRecord(
+        instance_id=request.instance_id,
+        deployment=request.deployment,
+        engine=request.engine,
+        port=request.port,
+        pid=started.pid,
+        pid_create_time=0.0,
+        wrapper_pid=0,
+        log_path=str(path),
+        log_offset=log_offset,
+        exit_file="",
+        started_at=time.time(),
+        runtime="container",
+        container_id=started.id,
+    )
+
+
+def stop_instance(
+    records: EngineRecords, instance_id: str, grace_s: float = 10.0, containers: bool = True
+) -> None:
     """Stop whatever runs for this instance, recorded or not, and forget it. Idempotent."""
     record = records.get(instance_id)
-    if record is not None:
+    if record is not None and record.runtime == "process":
         process_runtime.stop_group(record.wrapper_pid, grace_s)
     unrecorded = process_runtime.find_marked(instance_id)
     if unrecorded:
         process_runtime.kill_processes(unrecorded)
+    if containers:
+        if record is not None and record.runtime == "container":
+            # a recorded container must go: when Docker does not answer, this fails and is retried
+            container_runtime.stop(instance_id, grace_s, Path(record.log_path))
+        elif container_runtime.docker_configured():
+            try:  # one the worker made but did not record, if any
+                container_runtime.stop(instance_id, grace_s)
+            except container_runtime.DockerUnavailable:
+                pass
     records.remove(instance_id)
 
 
@@ -96,6 +175,13 @@ def stop_all_for_node_shutdown(settings: Settings) -> int:
     stopped = 0
     for record in records.all():
         records.mark_stopped_by_shutdown(record.instance_id)
+        if record.runtime == "container":
+            try:
+                stopped += record_alive(record)
+                container_runtime.stop(record.instance_id, log_path=Path(record.log_path))
+            except container_runtime.DockerUnavailable as error:
+                log.warning("cannot stop the container of %s: %s", record.instance_id, error)
+            continue
         if process_runtime.is_alive(record.pid, record.pid_create_time):
             stopped += 1
         process_runtime.stop_group(record.wrapper_pid)

@@ -104,6 +104,21 @@ def reap(wrapper_pid: int) -> None:
         del _children[wrapper_pid]
 
 
+def wait_exit_status(exit_file: Path, wrapper_pid: int, timeout_s: float = 1.0) -> ExitStatus:
+    """The engine just ended: give its wrapper the moment it needs to write the exit status."""
+    deadline = time.monotonic() + timeout_s
+    while not exit_file.exists() and time.monotonic() < deadline:
+        reap(wrapper_pid)
+        try:
+            if psutil.Process(wrapper_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.002)
+    reap(wrapper_pid)
+    return exit_status(exit_file)
+
+
 def exit_status(exit_file: Path) -> ExitStatus:
     try:
         code = int(exit_file.read_text().strip())
@@ -128,6 +143,8 @@ def group_members(wrapper_pid: int) -> list[psutil.Process]:
 
 def stop_group(wrapper_pid: int, grace_s: float = 10.0) -> None:
     """SIGTERM the whole group, SIGKILL what is left after the grace period. Idempotent."""
+    if wrapper_pid <= 0:
+        return  # no group of ours (a container's record); killpg(0) would signal our own group
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(wrapper_pid, sig)

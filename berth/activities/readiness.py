@@ -1,9 +1,11 @@
 """await_ready: from launched to serving, or a named failure. INITIALIZING in the workflow.
 
 Polls the engine's own readiness probe every 50 ms and watches the process: an engine that dies
-while loading is reported at once with its log lines; one not ready within the budget (counted
-from its launch, so a worker restart does not extend it) is STARTUP_TIMEOUT. Ready means ready
-where users call it: the same probe must then pass through the gateway's route too.
+while loading is reported at once with its log lines, and so is one whose own health check keeps
+saying it is broken (an MLX server whose load failed, a vLLM API server whose engine died); one
+not ready within the budget (counted from its launch, so a worker restart does not extend it) is
+STARTUP_TIMEOUT. Ready means ready where users call it: the same probe must then pass through the
+gateway's route too.
 """
 
 import time
@@ -11,7 +13,7 @@ import time
 import httpx
 from temporalio import activity
 
-from berth.activities.engine_watch import EngineView, wait_for_exit
+from berth.activities.engine_watch import EngineView
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import AWAIT_READY, EngineOutcome, ReadyRequest
 from berth.engines.base import Readiness
@@ -20,6 +22,7 @@ from berth.settings import Settings
 
 POLL_S = 0.05
 HEARTBEAT_S = 1.0
+UNHEALTHY_PROBES = 3  # consecutive "broken" answers from the engine itself before it has failed
 
 
 @activity.defn(name=AWAIT_READY)
@@ -34,6 +37,7 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
     deadline = handle.started_at + request.startup_timeout_s
     last_seen = Readiness.STARTING
     last_heartbeat = 0.0
+    unhealthy = 0
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0)) as client:
         while True:
             view = EngineView.of(handle)
@@ -42,19 +46,25 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
             if not view.alive():
                 return EngineOutcome(failure=view.exit_failure())
             last_seen = await engine.probe(client, probe_urls[0])
-            if last_seen is Readiness.READY:
+            direct = len(probe_urls) == 2
+            unhealthy = unhealthy + 1 if direct and last_seen is Readiness.UNHEALTHY else 0
+            if unhealthy >= UNHEALTHY_PROBES:
+                return EngineOutcome(
+                    failure=view.unhealthy_failure("the engine is running but its health check says it is broken")
+                )
+            now = time.time()
+            if last_seen is Readiness.READY and now < deadline:
                 if len(probe_urls) == 1:
                     return EngineOutcome(ready=True)
                 probe_urls.pop(0)
                 continue
-            now = time.time()
-            if now >= deadline:
+            if now >= deadline:  # ready only counts when seen within the budget
                 where = "its health check" if len(probe_urls) == 2 else "the gateway's route to it"
                 return EngineOutcome(failure=_timeout(view, request.startup_timeout_s, where, last_seen))
             if now - last_heartbeat >= HEARTBEAT_S:
                 activity.heartbeat(last_seen.value)
                 last_heartbeat = now
-            await wait_for_exit(view.record.pid, view.record.pid_create_time, min(POLL_S, deadline - now))
+            await view.wait_for_exit(min(POLL_S, deadline - now))
 
 
 def _timeout(view: EngineView, budget_s: float, where: str, last_seen: Readiness) -> Failure:

@@ -1,6 +1,7 @@
-"""supervise: the long activity behind DEPLOYED. It returns as soon as the engine exits (pidfd, no
-polling delay) or stays unhealthy, with the evidence; it heartbeats so that a dead worker is
-noticed and the activity resumes on the next worker of this node, re-adopting the same engine.
+"""supervise: the long activity behind DEPLOYED. It returns as soon as the engine exits (a process:
+pidfd, no polling delay; a container: within a second) or stays unhealthy, with the evidence; it
+heartbeats so that a dead worker is noticed and the activity resumes on the next worker of this
+node, re-adopting the same engine.
 """
 
 import time
@@ -8,9 +9,7 @@ import time
 import httpx
 from temporalio import activity
 
-from berth.activities.engine_watch import EngineView, wait_for_exit
-from berth.domain.diagnostics import classify_log
-from berth.domain.errors import ErrorCode, Failure
+from berth.activities.engine_watch import EngineView
 from berth.domain.pipeline import SUPERVISE, EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
@@ -33,26 +32,14 @@ async def supervise(handle: EngineHandle) -> EngineOutcome:
                 return EngineOutcome(node_shutdown=True, served_s=served_s)
             if not view.alive():
                 return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
-            readiness = await engine.probe(client, base_url)
+            readiness = await engine.probe(client, base_url, after_ready=True)
             if readiness is Readiness.READY:
                 failed_probes.clear()
             else:
                 failed_probes.append(readiness)
                 if len(failed_probes) >= UNHEALTHY_PROBES:
-                    return EngineOutcome(failure=_unhealthy(view, failed_probes), served_s=served_s)
+                    seen = ", ".join(probe.value.lower() for probe in failed_probes)
+                    message = f"the engine is running but stopped answering its health check ({seen})"
+                    return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
             activity.heartbeat(served_s)
-            await wait_for_exit(view.record.pid, view.record.pid_create_time, HEALTH_INTERVAL_S)
-
-
-def _unhealthy(view: EngineView, probes: list[Readiness]) -> Failure:
-    lines = view.log_lines(50)
-    diagnosis = classify_log(lines, get_engine(view.handle.engine).log_patterns)
-    seen = ", ".join(probe.value.lower() for probe in probes)
-    message = f"the engine is running but stopped answering its health check ({seen})"
-    if diagnosis is not None:
-        return Failure(
-            code=diagnosis.code,
-            message=f"{message}: {diagnosis.primary.text.strip()}",
-            log_lines=[match.text for match in diagnosis.matched],
-        )
-    return Failure(code=ErrorCode.RUNTIME_ERROR, message=message, log_lines=lines[-20:])
+            await view.wait_for_exit(HEALTH_INTERVAL_S)

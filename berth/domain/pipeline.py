@@ -74,6 +74,7 @@ class EngineHandle(BaseModel):
     log_path: str
     log_offset: int = 0  # where this launch's output starts in the log
     started_at: float  # epoch seconds on the node
+    container_id: str | None = None  # set when the engine runs in a Docker container
 
 
 class ReadyRequest(BaseModel):
@@ -92,3 +93,19 @@ class EngineOutcome(BaseModel):
 
 class StopRequest(BaseModel):
     instance_id: str
+
+
+# ---- hardware and memory fit (issue 4) ------------------------------------------------------
+
+from berth.domain.memory import ResourcePlan  # noqa: E402  (the plan_resources output)
+
+PROBE_HARDWARE = "probe_hardware"
+PLAN_RESOURCES = "plan_resources"
+
+
+class PlanRequest(BaseModel):
+    """plan_resources' input: the prepared model (a local path on the node) and the chosen engine."""
+
+    model_path: str
+    engine: str
+    context_size: int | None = None  # None: the largest that fits, up to the trained context, capped

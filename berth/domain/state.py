@@ -20,6 +20,7 @@ class DeploymentError(BaseModel):
     message: str
     guidance: str
     log_lines: list[str] = Field(default_factory=list)
+    suggested_context_size: int | None = None  # for OOM: the largest context that fits
     at: datetime
 
 

@@ -4,6 +4,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 import httpx
 
@@ -24,6 +25,35 @@ class LaunchCommand:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# Where an engine runs: a native process on the node, or a Docker container.
+Runtime = Literal["process", "container"]
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """GPUs for a container, as the Docker API's HostConfig.DeviceRequests entry says them."""
+
+    count: int = -1  # -1: all GPUs; 0 when device_ids name them
+    device_ids: tuple[str, ...] = ()
+    capabilities: tuple[tuple[str, ...], ...] = (("gpu",),)
+    driver: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """The container to run for one launch: what the container runtime hands to Docker."""
+
+    image: str
+    command: list[str]  # the arguments after the image's entrypoint
+    name: str
+    environment: dict[str, str] = field(default_factory=dict)
+    device_requests: tuple[DeviceRequest, ...] = ()
+    ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # "8000/tcp" -> (host ip, host port)
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # host path -> {"bind", "mode"}
+    labels: dict[str, str] = field(default_factory=dict)
+    ipc_mode: str | None = None
+
+
 class Engine(ABC):
     """One inference engine. Subclasses live one per file in this package."""
 
@@ -36,8 +66,18 @@ class Engine(ABC):
     def command(self, request: LaunchRequest) -> LaunchCommand:
         """The process to start (argv and extra environment) for this request."""
 
-    async def probe(self, client: httpx.AsyncClient, base_url: str) -> Readiness:
-        """One look at the engine's health endpoint."""
+    def runtime(self) -> Runtime:
+        """Where this engine runs on this node; "container" engines also define container_request."""
+        return "process"
+
+    def container_request(self, request: LaunchRequest) -> ContainerSpec:
+        """The container to run for this request (engines whose runtime() is "container")."""
+        raise NotImplementedError(f"engine {self.name!r} does not run in a container")
+
+    async def probe(self, client: httpx.AsyncClient, base_url: str, after_ready: bool = False) -> Readiness:
+        """One look at the engine's health endpoint. `after_ready`: supervise asks about an engine
+        that was ready before, so an engine whose readiness check is costly may answer from a
+        cheaper liveness check."""
         try:
             response = await client.get(base_url + self.health_path)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
@@ -55,3 +95,24 @@ def engine_threads() -> int:
     """Threads for a CPU engine: leave one core for everything else (measured: 2 threads on 2 busy
     cores fell to ~1 tok/s, 1 thread gave ~43 tok/s)."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+# Labels that tie a container to its instance and deployment: the container runtime finds a
+# container by INSTANCE_LABEL (so a retried launch finds the one it made).
+INSTANCE_LABEL = "berth.instance"
+DEPLOYMENT_LABEL = "berth.deployment"
+MANAGED_LABEL = "berth.managed"
+
+
+def instance_labels(request: LaunchRequest) -> dict[str, str]:
+    return {
+        INSTANCE_LABEL: request.instance_id,
+        DEPLOYMENT_LABEL: request.deployment,
+        MANAGED_LABEL: "true",
+        "berth.engine": request.engine,
+    }
+
+
+def container_name(instance_id: str) -> str:
+    """Docker names allow [a-zA-Z0-9][a-zA-Z0-9_.-]*; instance ids are '<dns label>-<hex>'."""
+    return f"berth-{instance_id}"

@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
+from berth.activities.planning import plan_resources
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.reconcile import Reconciler
@@ -30,6 +31,7 @@ NODE_ACTIVITIES = [
     configure_route,
     remove_route,
     prepare_files,
+    plan_resources,
     launch_engine,
     await_ready,
     supervise,

@@ -1,7 +1,7 @@
 """DeploymentWorkflow: one durable workflow per deployment, from "serve this model" to serving, and
 then keeping it serving until the user stops it.
 
-    REQUESTED -> DEPLOYING (select engine, allocate port, route, files, launch)
+    REQUESTED -> DEPLOYING (select engine, allocate port, route, files, memory plan, launch)
               -> INITIALIZING (await ready) -> DEPLOYED (supervise)
               -> on failure: classify -> ERROR (automatic retry after a backoff) | FAILED | MUST_REDOWNLOAD
     stop / Temporal cancel -> teardown (engine, route, port) -> STOPPED
@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         CONFIGURE_ROUTE,
         LAUNCH_ENGINE,
         PLACE_DEPLOYMENT,
+        PLAN_RESOURCES,
         PREPARE_FILES,
         RELEASE_PORT,
         REMOVE_ROUTE,
@@ -36,10 +37,12 @@ with workflow.unsafe.imports_passed_through():
         EngineHandle,
         EngineOutcome,
         LaunchRequest,
+        PlanRequest,
         PortRequest,
         PreparedModel,
         PrepareFilesInput,
         ReadyRequest,
+        ResourcePlan,
         RouteRequest,
         SelectEngineInput,
         StopRequest,
@@ -209,7 +212,15 @@ class DeploymentWorkflow:
                 retry_policy=QUICK["retry_policy"],
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
-            self._state.model_path, self._state.context_size = model.path, spec.context_size
+            self._state.model_path = model.path
+            plan: ResourcePlan | None = await workflow.execute_activity(
+                PLAN_RESOURCES,
+                PlanRequest(model_path=model.path, engine=choice.engine, context_size=spec.context_size),
+                task_queue=node_queue, result_type=ResourcePlan | None, **QUICK,
+            )
+            self._state.context_size = plan.context_size if plan else spec.context_size
+            if plan:
+                self._state.engine_reasons = [*choice.reasons, *plan.reasons]
 
             self._set_instance(InstanceStatus.STARTING)
             handle: EngineHandle = await workflow.execute_activity(
@@ -220,7 +231,7 @@ class DeploymentWorkflow:
                     engine=choice.engine,
                     model_path=model.path,
                     port=instance.port,
-                    context_size=spec.context_size,
+                    context_size=self._state.context_size,
                     engine_args=spec.engine_args,
                     env=spec.env,
                 ),
@@ -276,6 +287,7 @@ class DeploymentWorkflow:
             message=failure.message,
             guidance=guidance_for(failure.code, self._guidance_facts(failure)),
             log_lines=failure.log_lines,
+            suggested_context_size=failure.suggested_context_size,
             at=workflow.now(),
         )
         await self._stop_engine()
@@ -380,6 +392,7 @@ class DeploymentWorkflow:
             engine=self._state.engine,
             context_size=spec.context_size,
             startup_timeout_s=spec.startup_timeout_s,
+            suggested_context_size=failure.suggested_context_size,
             exit_code=failure.exit_code,
             signal=failure.signal,
         )
