@@ -46,23 +46,26 @@ class Settings:
 
     temporal_address: str
     gateway_url: str
+    api_url: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
         home = Path(env.get("BERTH_HOME") or Path.home() / ".berth").expanduser().resolve()
         temporal_port = _int_env(env, "BERTH_TEMPORAL_PORT", 7233)
         gateway_port = _int_env(env, "BERTH_GATEWAY_PORT", 8080)
+        api_port = _int_env(env, "BERTH_API_PORT", 8000)
         return cls(
             home=home,
             node_id=env.get("BERTH_NODE_ID") or socket.gethostname().split(".")[0].lower(),
             temporal_port=temporal_port,
             ui_port=_int_env(env, "BERTH_UI_PORT", 8233),
             gateway_port=gateway_port,
-            api_port=_int_env(env, "BERTH_API_PORT", 8000),
+            api_port=api_port,
             port_range=_port_range(env.get("BERTH_PORT_RANGE", "20000-20999")),
             # a cluster elsewhere (docker-compose): where Temporal and the gateway really are
             temporal_address=env.get("BERTH_TEMPORAL_ADDRESS") or f"127.0.0.1:{temporal_port}",
             gateway_url=env.get("BERTH_GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}",
+            api_url=env.get("BERTH_API_URL") or f"http://127.0.0.1:{api_port}",
         )
 
     @property

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from temporalio.service import RPCError, RPCStatusCode
 
 from berth.api.app import create_app
-from berth.api.auth import ensure_api_token, load_api_token
+from berth.api_token import ensure_api_token, load_api_token
 from berth.api.facade import Deployments
 from berth.settings import Settings
 from berth.testing.harness import engine_processes
@@ -66,15 +66,6 @@ async def assert_nothing_created(stack, client, name: str, routes_before: set[st
     assert not engine_processes(stack.home, name)
 
 
-def chat(stack, name: str) -> httpx.Response:
-    return httpx.post(
-        f"{stack.settings.gateway_url}/models/{name}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
-        headers={"Authorization": f"Bearer {stack.api_token()}"},
-        timeout=60,
-    )
-
-
 # ---- the lifecycle ---------------------------------------------------------------------------------
 
 
@@ -90,7 +81,7 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
     state = wait_status(api, name, FINAL)
     assert state["status"] == "DEPLOYED", state["error"]
     assert state["engine"] == "llamacpp" and state["endpoint"].endswith(f"/models/{name}/v1")
-    assert chat(stack, name).status_code == 200
+    assert stack.chat(name).status_code == 200
     assert len(engine_processes(stack.home, name)) == 1, "the refused second deploy started an engine"
 
     # visibility (search attributes) trails the workflow by about a second

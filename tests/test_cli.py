@@ -6,7 +6,6 @@ import sys
 import time
 from typing import get_args
 
-import httpx
 import pytest
 
 from berth.api.cli import ENGINES, build_parser, model_reference, name_from_model
@@ -180,12 +179,7 @@ def test_up_deploy_from_a_clean_home_serves_a_chat_completion(fresh_stack, tiny_
     fresh_stack.start(["--deploy", str(tiny_gguf)])
     fresh_stack.wait_for_output("tiny is DEPLOYED")
     assert any("curl" in line and "/models/tiny/v1/chat/completions" in line for line in fresh_stack.output)
-    response = httpx.post(
-        f"{fresh_stack.settings.gateway_url}/models/tiny/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
-        headers={"Authorization": f"Bearer {fresh_stack.api_token()}"},
-        timeout=60,
-    )
+    response = fresh_stack.chat("tiny", max_tokens=4)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
 

@@ -142,14 +142,6 @@ async def test_probe_says_unhealthy_when_the_load_failed(unknown_arch_safetensor
     assert Readiness.READY not in seen
 
 
-def chat(stack, name: str) -> httpx.Response:
-    return httpx.post(
-        f"{stack.settings.gateway_url}/models/{name}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8},
-        timeout=60,
-    )
-
-
 @needs_mlx
 async def test_deploy_mlx_end_to_end_through_the_gateway(stack, client, tiny_safetensors, name):
     started = time.monotonic()
@@ -160,7 +152,7 @@ async def test_deploy_mlx_end_to_end_through_the_gateway(stack, client, tiny_saf
     assert state.engine == "mlx"
     assert [t.status for t in state.transitions][:4] == [S.REQUESTED, S.DEPLOYING, S.INITIALIZING, S.DEPLOYED]
 
-    response = chat(stack, name)
+    response = stack.chat(name)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["object"] == "chat.completion"

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import psutil
-import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from berth.activities.ports import PortRegistry, port_is_free
@@ -27,14 +25,6 @@ from berth.testing.harness import (
 from berth.domain.temporal_names import workflow_id
 
 QUICK_RESTARTS = RestartPolicy(max_attempts=2, backoff_initial_s=0.2, backoff_max_s=0.5)
-
-
-def chat(stack, name: str) -> httpx.Response:
-    return httpx.post(
-        f"{stack.settings.gateway_url}/models/{name}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8},
-        timeout=60,
-    )
 
 
 async def eventually(check, timeout_s: float = 10, poll_s: float = 0.1):
@@ -77,7 +67,7 @@ async def test_deploy_serves_through_the_gateway_and_shows_in_temporal(stack, cl
     assert state.instances[0].status.value == "DEPLOYED"
     assert [t.status for t in state.transitions][:4] == [S.REQUESTED, S.DEPLOYING, S.INITIALIZING, S.DEPLOYED]
 
-    response = chat(stack, name)
+    response = stack.chat(name)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
 
@@ -104,7 +94,7 @@ async def test_stop_leaves_nothing_behind(stack, client, tiny_gguf, name):
     registry = PortRegistry(stack.settings.home / "ports.sqlite", stack.settings.port_range)
     assert state.instances[0].instance_id not in registry.reserved()
     assert not route.exists()
-    gone = await eventually(lambda: chat(stack, name).status_code == 404, timeout_s=5)
+    gone = await eventually(lambda: stack.chat(name).status_code == 404, timeout_s=5)
     assert gone, "the gateway still routes the stopped deployment"
     assert workflow_id(name) in await_list(stack, "BerthStatus='STOPPED'")
 
@@ -125,7 +115,7 @@ async def test_a_stopped_name_can_be_deployed_again(stack, client, tiny_gguf, na
     await stop(client, name)
     again = await deploy(client, name, tiny_gguf)
     assert again.status is S.DEPLOYED
-    assert chat(stack, name).status_code == 200
+    assert stack.chat(name).status_code == 200
     await stop(client, name)
 
 
@@ -165,7 +155,7 @@ async def test_killed_engine_comes_back_then_fails_when_the_budget_is_spent(stac
         assert back.pid != state.pid
         assert len(engine_processes(stack.home, name)) == 1
         state = back
-    assert chat(stack, name).status_code == 200
+    assert stack.chat(name).status_code == 200
 
     os.kill(state.pid, signal.SIGKILL)  # one more than the budget
     failed = await wait_for_status(client, name, S.FAILED, timeout_s=10)
@@ -176,7 +166,7 @@ async def test_killed_engine_comes_back_then_fails_when_the_budget_is_spent(stac
     await client.get_workflow_handle(workflow_id(name)).signal("retry")
     revived = await wait_for_status(client, name, S.DEPLOYED, timeout_s=20)
     assert revived.attempts == 0 and revived.error is None
-    assert chat(stack, name).status_code == 200
+    assert stack.chat(name).status_code == 200
     await stop(client, name)
 
 
@@ -250,6 +240,7 @@ async def test_worker_killed_mid_deployment_ends_with_one_engine(stack, client, 
     state = await wait_for_status(client, name, S.DEPLOYED, timeout_s=60)
     new_worker = await eventually(stack.worker_pid, timeout_s=10)
     assert new_worker and new_worker != worker, "berth up did not restart the worker"
-    assert len(engine_processes(stack.home, name)) == 1, (seen.status, engine_processes(stack.home, name))
-    assert chat(stack, name).status_code == 200
+    engines = engine_processes(stack.home, name)
+    assert [engine.pid for engine in engines] == [state.pid], (seen.status, engines)
+    assert stack.chat(name).status_code == 200
     await stop(client, name)

@@ -7,14 +7,35 @@ from berth.domain.pipeline import RouteRequest
 
 
 def test_route_strips_the_prefix_and_checks_health():
-    config = route_config(RouteRequest(deployment="qwen", port=20001, engine="llamacpp"), "/health")
+    config = route_config(RouteRequest(deployment="qwen", port=20001, engine="llamacpp"), "/health", None)
     router = config["http"]["routers"]["berth-qwen"]
     assert router["rule"] == "PathPrefix(`/models/qwen/`)"
-    assert router["middlewares"][-1] == "berth-qwen-strip"
+    assert router["middlewares"] == ["berth-qwen-strip"]
     assert config["http"]["middlewares"]["berth-qwen-strip"] == {"stripPrefix": {"prefixes": ["/models/qwen"]}}
     balancer = config["http"]["services"]["berth-qwen"]["loadBalancer"]
     assert balancer["servers"] == [{"url": "http://127.0.0.1:20001"}]
     assert balancer["healthCheck"]["path"] == "/health"
+
+
+def test_with_a_token_the_fast_router_matches_it_and_the_fallback_asks_the_api():
+    routers = route_config(RouteRequest(deployment="qwen", port=1, engine="llamacpp"), "/health", "t0k-en")[
+        "http"
+    ]["routers"]
+    assert routers["berth-qwen"]["rule"] == "PathPrefix(`/models/qwen/`) && Header(`Authorization`, `Bearer t0k-en`)"
+    assert routers["berth-qwen"]["priority"] > routers["berth-qwen-auth"]["priority"]
+    assert routers["berth-qwen-auth"]["middlewares"] == ["berth-auth@file", "berth-qwen-strip"]
+    assert routers["berth-qwen-auth"]["rule"] == "PathPrefix(`/models/qwen/`)"
+
+
+def test_a_token_that_cannot_stand_in_a_rule_gets_only_the_checked_router():
+    routers = route_config(RouteRequest(deployment="q", port=1, engine="llamacpp"), "/health", "a`b")["http"]["routers"]
+    assert list(routers) == ["berth-q-auth"]
+
+
+def test_a_public_deployment_has_no_auth():
+    request = RouteRequest(deployment="q", port=1, engine="llamacpp", public=True)
+    routers = route_config(request, "/health", "token")["http"]["routers"]
+    assert list(routers) == ["berth-q"] and "Header" not in routers["berth-q"]["rule"]
 
 
 def test_write_route_is_atomic_and_idempotent(tmp_path):

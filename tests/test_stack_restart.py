@@ -2,8 +2,6 @@
 
 import asyncio
 
-import httpx
-
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S
 from berth.testing.harness import (
@@ -38,11 +36,7 @@ async def test_deployments_survive_a_restart_of_the_stack(tmp_path, tiny_gguf):
         assert after.error is None and after.attempts == 0, "a stack restart is not a failure"
         assert any("node restarted" in t.detail for t in after.transitions)
         assert len(engine_processes(stack.home, "survivor")) == 1
-        response = httpx.post(
-            f"{stack.settings.gateway_url}/models/survivor/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-            timeout=30,
-        )
+        response = stack.chat("survivor")
         assert response.status_code == 200
     finally:
         stack.stop()

@@ -21,7 +21,7 @@ from berth.activities.readiness import await_ready
 from berth.activities.supervision import supervise
 from berth.domain.diagnostics import classify_log
 from berth.domain.errors import ErrorCode
-from berth.domain.pipeline import EngineHandle, LaunchRequest, ReadyRequest
+from berth.domain.pipeline import LaunchRequest, ReadyRequest
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
 from berth.engines.vllm import VllmEngine

@@ -17,7 +17,8 @@ from berth.activities.hardware import probe_hardware
 from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
 from berth.domain.errors import ErrorCode
 from berth.domain.memory import plan_resources as plan
-from berth.domain.pipeline import PLAN_RESOURCES, PlanRequest, ResourcePlan
+from berth.domain.memory import ResourcePlan
+from berth.domain.pipeline import PLAN_RESOURCES, PlanRequest
 
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ import httpx
 from temporalio import activity
 
 from berth.activities.engine_watch import EngineView
+from berth.api_token import load_api_token
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import AWAIT_READY, EngineOutcome, ReadyRequest
 from berth.engines.base import Readiness
@@ -38,7 +39,9 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
     last_seen = Readiness.STARTING
     last_heartbeat = 0.0
     unhealthy = 0
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0)) as client:
+    token = load_api_token(settings)  # the gateway's route asks for it
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0), headers=headers) as client:
         while True:
             view = EngineView.of(handle)
             if view.stopped_by_shutdown:

@@ -19,6 +19,7 @@ from berth.activities.engine_records import EngineRecords
 from berth.activities.launch import stop_instance
 from berth.activities.ports import registry
 from berth.activities.routing import route_path
+from berth.domain.spec import NAME_PATTERN
 from berth.domain.state import DeploymentState
 from berth.domain.temporal_names import STATE_QUERY, workflow_id
 from berth.settings import Settings
@@ -95,6 +96,8 @@ class Reconciler:
                 report.ports_released.append(instance_id)
         for path in self.settings.routes_dir.glob("*.yml"):
             deployment = path.stem
+            if not NAME_PATTERN.match(deployment):
+                continue  # the gateway's own file, not a deployment's route
             if deployment not in cache:
                 await owned(deployment, "")
             if cache.get(deployment) == set():  # no running deployment of that name

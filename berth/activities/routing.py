@@ -1,43 +1,53 @@
 """Routes through the gateway: one Traefik dynamic-config file per deployment under $BERTH_HOME/routes/.
 
-Traefik's file provider watches the folder; a written file is live ~0.2 s later, a removed one
+Traefik's file provider watches the folder; a written file is live ~0.1 s later, a removed one
 takes its router away (the gateway then answers 404 for that path).
+
+Model endpoints need the API token unless the deployment is public. Two routers per deployment:
+a fast one whose rule matches `Authorization: Bearer <token>` exactly and goes straight to the
+engine (no extra hop), and a fallback for everything else under the prefix that asks the API's
+/v1/auth/check first (Traefik forwardAuth): a wrong or missing token gets the API's 401 with its
+message, an oddly written right one still passes. Route files hold the token: they are 0600.
 """
 
 import asyncio
+import re
 from pathlib import Path
 
 import yaml
 from temporalio import activity
 
 from berth.activities.engine_records import write_atomically
+from berth.api_token import load_api_token
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
 from berth.engines.registry import get_engine
 from berth.settings import Settings
 
 GATEWAY_ENTRYPOINT = "web"
+GATEWAY_FILE = "_berth-gateway.yml"  # not a deployment: names are DNS labels, never start with "_"
+AUTH_MIDDLEWARE = "berth-auth"
+RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
 
 
 def route_path(routes_dir: Path, deployment: str) -> Path:
     return routes_dir / f"{deployment}.yml"
 
 
-def route_config(request: RouteRequest, health_path: str) -> dict:
+def route_config(request: RouteRequest, health_path: str, token: str | None) -> dict:
     name = f"berth-{request.deployment}"
-    middlewares = [f"{name}-strip"]
+    prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
+    strip = f"{name}-strip"
+    if request.public or not token:
+        routers = {name: _router(prefix_rule, [strip], name)}
+    else:
+        routers = {f"{name}-auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", strip], name, 10)}
+        if RULE_SAFE_TOKEN.match(token):
+            token_rule = f"{prefix_rule} && Header(`Authorization`, `Bearer {token}`)"
+            routers[name] = _router(token_rule, [strip], name, 20)
     return {
         "http": {
-            "routers": {
-                name: {
-                    "rule": f"PathPrefix(`/models/{request.deployment}/`)",
-                    "entryPoints": [GATEWAY_ENTRYPOINT],
-                    "middlewares": middlewares,
-                    "service": name,
-                }
-            },
-            "middlewares": {
-                f"{name}-strip": {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}
-            },
+            "routers": routers,
+            "middlewares": {strip: {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}},
             "services": {
                 name: {
                     "loadBalancer": {
@@ -55,9 +65,16 @@ def route_config(request: RouteRequest, health_path: str) -> dict:
     }
 
 
-def write_route(routes_dir: Path, request: RouteRequest) -> Path:
+def _router(rule: str, middlewares: list[str], service: str, priority: int | None = None) -> dict:
+    router = {"rule": rule, "entryPoints": [GATEWAY_ENTRYPOINT], "middlewares": middlewares, "service": service}
+    if priority is not None:
+        router["priority"] = priority
+    return router
+
+
+def write_route(routes_dir: Path, request: RouteRequest, token: str | None = None) -> Path:
     health_path = get_engine(request.engine).health_path
-    text = yaml.safe_dump(route_config(request, health_path), sort_keys=False)
+    text = yaml.safe_dump(route_config(request, health_path, token), sort_keys=False)
     path = route_path(routes_dir, request.deployment)
     try:
         if path.read_text() == text:
@@ -72,10 +89,31 @@ def write_route(routes_dir: Path, request: RouteRequest) -> Path:
 async def configure_route(request: RouteRequest) -> str:
     """Route /models/<name>/ to the engine's port; returns the public endpoint."""
     settings = Settings.from_env()
-    await asyncio.to_thread(write_route, settings.routes_dir, request)
+    await asyncio.to_thread(write_route, settings.routes_dir, request, load_api_token(settings))
     return f"{settings.gateway_url}/models/{request.deployment}/v1"
 
 
 @activity.defn(name=REMOVE_ROUTE)
 async def remove_route(deployment: str) -> None:
     route_path(Settings.from_env().routes_dir, deployment).unlink(missing_ok=True)
+
+
+def write_gateway_config(settings: Settings) -> Path:
+    """What every route shares: the forwardAuth middleware that asks the API about a token."""
+    config = {
+        "http": {
+            "middlewares": {
+                AUTH_MIDDLEWARE: {
+                    "forwardAuth": {
+                        "address": f"{settings.api_url}/v1/auth/check",
+                        "authRequestHeaders": ["Authorization"],
+                    }
+                }
+            }
+        }
+    }
+    path = settings.routes_dir / GATEWAY_FILE
+    text = yaml.safe_dump(config, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        write_atomically(path, text)
+    return path

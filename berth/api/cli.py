@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 
-from berth.api.auth import TOKEN_ENV, load_api_token, token_path
+from berth.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.client import ApiRequestError, ApiUnreachable, BerthApi
 from berth.api.server import api_url
 from berth.api.cli_output import follow, last_transition_key, outcome_text, state_text, table, transition_line

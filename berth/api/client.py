@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from berth.api.auth import TOKEN_ENV, load_api_token, token_path
+from berth.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.server import api_url
 from berth.settings import Settings
 

@@ -10,7 +10,7 @@ API_HOST = "127.0.0.1"
 
 
 def api_url(settings: Settings) -> str:
-    return f"http://{API_HOST}:{settings.api_port}"
+    return settings.api_url
 
 
 def api_ready(settings: Settings) -> bool:

@@ -95,9 +95,7 @@ class StopRequest(BaseModel):
     instance_id: str
 
 
-# ---- hardware and memory fit (issue 4) ------------------------------------------------------
-
-from berth.domain.memory import ResourcePlan  # noqa: E402  (the plan_resources output)
+# ---- hardware and memory fit ----------------------------------------------------------------
 
 PROBE_HARDWARE = "probe_hardware"
 PLAN_RESOURCES = "plan_resources"

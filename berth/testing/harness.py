@@ -16,7 +16,7 @@ import httpx
 import psutil
 from temporalio.client import Client, WorkflowHandle
 
-from berth.api.auth import load_api_token
+from berth.api_token import load_api_token
 from berth.api.server import api_url
 from berth.domain.spec import DeploymentSpec
 from berth.domain.state import DeploymentState
@@ -155,6 +155,18 @@ class RunningStack:
             base_url=self.api_url,
             headers={"Authorization": f"Bearer {token or self.api_token()}"},
             timeout=30,
+        )
+
+    def chat(self, name: str, token: str | None = "stack", max_tokens: int = 8) -> httpx.Response:
+        """A chat completion through the gateway; token "stack" sends the stack's own, None none."""
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.api_token() if token == 'stack' else token}"
+        return httpx.post(
+            f"{self.settings.gateway_url}/models/{name}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": max_tokens},
+            headers=headers,
+            timeout=60,
         )
 
     def wait_for_output(self, text: str, timeout_s: float = 30) -> str:

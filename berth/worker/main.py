@@ -15,7 +15,7 @@ from berth.activities.planning import plan_resources
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.reconcile import Reconciler
-from berth.activities.routing import configure_route, remove_route
+from berth.activities.routing import configure_route, remove_route, write_gateway_config
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
 from berth.settings import CONTROL_TASK_QUEUE, Settings
@@ -48,6 +48,7 @@ def reconcile_interval_s() -> float:
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     settings.ensure_dirs()
+    write_gateway_config(settings)
     client = await connect(settings)
     control = Worker(
         client,

@@ -20,7 +20,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from berth.activities.launch import stop_all_for_node_shutdown
-from berth.api.auth import TOKEN_ENV, ensure_api_token, token_path
+from berth.api_token import TOKEN_ENV, ensure_api_token, token_path
 from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.temporal_connection import connect

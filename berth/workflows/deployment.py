@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from berth.domain.errors import ErrorCode, Failure
     from berth.domain.guidance import GuidanceFacts, guidance_for
+    from berth.domain.memory import ResourcePlan
     from berth.domain.pipeline import (
         ALLOCATE_PORT,
         AWAIT_READY,
@@ -42,7 +43,6 @@ with workflow.unsafe.imports_passed_through():
         PreparedModel,
         PrepareFilesInput,
         ReadyRequest,
-        ResourcePlan,
         RouteRequest,
         SelectEngineInput,
         StopRequest,

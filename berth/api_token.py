@@ -1,4 +1,4 @@
-"""The API token: where it comes from, how it is created, how a request's token is checked.
+"""The API token: where it comes from, how it is created, how a presented token is checked.
 
 The token is BERTH_API_TOKEN when set, else the content of $BERTH_HOME/api-token, which the first
 `berth up` creates (mode 0600). The REST API, the `berth` CLI and (through the API's
