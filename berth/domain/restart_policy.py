@@ -27,7 +27,7 @@ def decide(code: ErrorCode, attempts_so_far: int, policy: RestartPolicy) -> Deci
     if code is ErrorCode.MUST_REDOWNLOAD:
         return Decision(DeploymentStatus.MUST_REDOWNLOAD, 0, reason="the model files must be fetched again")
     if code in NEEDS_A_CHANGE:
-        return Decision(DeploymentStatus.FAILED, 0, reason=f"{code.value} needs a change of configuration")
+        return Decision(DeploymentStatus.FAILED, 0, reason="restarting with the same spec cannot fix this")
     limit = policy.max_attempts
     if code is ErrorCode.STARTUP_TIMEOUT:
         limit = min(limit, STARTUP_TIMEOUT_ATTEMPTS)

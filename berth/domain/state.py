@@ -37,7 +37,8 @@ class DeploymentState(BaseModel):
     spec: DeploymentSpec
     status: DeploymentStatus = DeploymentStatus.REQUESTED
     engine: str | None = None
-    engine_reasons: list[str] = Field(default_factory=list)
+    engine_reasons: list[str] = Field(default_factory=list, description="why this engine")
+    resource_plan: list[str] = Field(default_factory=list, description="why it fits, with which context")
     model_path: str | None = None
     context_size: int | None = None
     endpoint: str | None = None

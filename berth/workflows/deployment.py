@@ -219,8 +219,7 @@ class DeploymentWorkflow:
                 task_queue=node_queue, result_type=ResourcePlan | None, **QUICK,
             )
             self._state.context_size = plan.context_size if plan else spec.context_size
-            if plan:
-                self._state.engine_reasons = [*choice.reasons, *plan.reasons]
+            self._state.resource_plan = plan.reasons if plan else []
 
             self._set_instance(InstanceStatus.STARTING)
             handle: EngineHandle = await workflow.execute_activity(
