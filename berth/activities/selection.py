@@ -12,12 +12,16 @@ from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.domain.pipeline import SELECT_ENGINE, EngineChoice, SelectEngineInput
 from berth.engines.selection import SelectionRefused, select_engine as choose
+from berth.presets import missing_model_message, preset_for
 
 
 def model_format_of(reference: str) -> str | None:
     path = Path(reference).expanduser()
     if path.exists():
         return local_model_format(path)
+    preset = preset_for(reference)  # resolved later, by prepare_files: its format is known now
+    if preset is not None:
+        return preset.format
     return format_of_name(reference)
 
 
@@ -46,8 +50,6 @@ async def select_engine(request: SelectEngineInput) -> EngineChoice:
         path = Path(request.model).expanduser()
         if not path.exists() and not request.model.startswith(("http://", "https://", "hf:")):
             # a missing file says more than "unknown format"
-            raise failure_error(
-                ErrorCode.MODEL_LOADING_FAILURE, f"model path {str(path)!r} does not exist on this node"
-            ) from None
+            raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(request.model)) from None
         raise failure_error(ErrorCode.ENGINE_UNAVAILABLE, str(refused)) from None
     return EngineChoice(engine=selection.engine, reasons=selection.reasons)

@@ -20,8 +20,17 @@ import time
 from berth.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.client import ApiRequestError, ApiUnreachable, BerthApi
 from berth.api.server import api_url
-from berth.api.cli_output import follow, last_transition_key, outcome_text, state_text, table, transition_line
+from berth.api.cli_output import (
+    engines_text,
+    follow,
+    last_transition_key,
+    outcome_text,
+    state_text,
+    table,
+    transition_line,
+)
 from berth.domain.status import DeploymentStatus
+from berth.presets import PRESETS, looks_like_a_name, preset_for
 from berth.settings import Settings
 
 DESCRIPTION = """berth: serve models on your own hardware, durably.
@@ -42,15 +51,18 @@ STATUSES = [status.value for status in DeploymentStatus]
 
 
 def model_reference(model: str) -> str:
-    """A local path made absolute (the worker may run elsewhere than here); URLs and hub
-    references as they are."""
-    if model.startswith(REMOTE_PREFIXES):
+    """A local path made absolute (the worker may run elsewhere than here); URLs, hub references,
+    and bare names with no file of that name here (presets, or a typo the node names) as they are."""
+    if model.startswith(REMOTE_PREFIXES) or (looks_like_a_name(model) and not os.path.exists(model)):
         return model
     return os.path.abspath(os.path.expanduser(model))
 
 
 def name_from_model(model: str) -> str:
-    """A deployment name (DNS label) from the model's file name: 'Qwen2.5-0.5B_Q4.gguf' -> 'qwen2-5-0-5b-q4'."""
+    """A deployment name (DNS label) from the model's file name: 'Qwen2.5-0.5B_Q4.gguf' -> 'qwen2-5-0-5b-q4';
+    a preset's name as it is ('gemma3-270m')."""
+    if preset_for(model) is not None:
+        return model
     stem = model.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].removeprefix("hf:")
     stem = re.sub(r"\.(gguf|safetensors)$", "", stem, flags=re.IGNORECASE)
     name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:63].strip("-")
@@ -245,6 +257,39 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return follow_until_done(client, args.name, seen=last_transition_key(before), require_new=True)
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    """The berth API's answer when one answers, else the same report computed here."""
+    model = model_reference(args.model) if args.model else None
+    report = None
+    if not args.local:
+        client = api()
+        try:
+            report = fetch_engines(client, model, args.engine)
+            source = f"the machine of the berth API at {client.base_url}"
+        except ApiUnreachable:
+            source = f"this machine (computed here: no berth API answers at {client.base_url})"
+        finally:
+            client.close()
+    else:
+        source = "this machine (computed here, as asked)"
+    if report is None:
+        from berth.api.routes_engines import engines_report  # FastAPI and the probe: only here
+
+        report = engines_report(model, args.engine or "auto").model_dump(mode="json")
+    if args.json:
+        say(json.dumps(report, indent=2))
+    else:
+        say(engines_text(report, source))
+    selection = report.get("selection") or {}
+    return 1 if "refused" in selection else 0
+
+
+def fetch_engines(client: BerthApi, model: str | None, engine: str | None) -> dict:
+    """GET /v1/engines (BerthApi has one method per deployment route; this one lives here)."""
+    params = {key: value for key, value in (("model", model), ("engine", engine)) if value}
+    return client._call("GET", "/v1/engines", params=params or None)
+
+
 # ---- the parser ---------------------------------------------------------------------------------
 
 
@@ -268,10 +313,11 @@ def add_up(commands) -> None:
         "state under $BERTH_HOME (default ~/.berth). The first run writes the API token to "
         "$BERTH_HOME/api-token (unless BERTH_API_TOKEN is set). Ctrl-C stops everything, engines "
         "included; deployments that were DEPLOYED come back on the next `berth up`.",
-        "BERTH_HOME=/tmp/berth berth up\nberth up --deploy ./models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        "BERTH_HOME=/tmp/berth berth up\nberth up --deploy gemma3-270m\n"
+        "berth up --deploy ./models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
         cmd_up,
     )
-    up.add_argument("--deploy", metavar="MODEL", help="once up, deploy MODEL (named after its file)")
+    up.add_argument("--deploy", metavar="MODEL", help="once up, deploy MODEL (a path or a preset; named after it)")
     up.add_argument("--name", help="the name for --deploy (default: from the file name)")
 
 
@@ -290,7 +336,8 @@ def add_deploy(commands) -> None:
     deploy = _command(
         commands, "deploy",
         "serve a model under a name",
-        "Deploy MODEL (a local file or folder, made absolute here; or an http(s):// or hf: reference). "
+        "Deploy MODEL (a local file or folder, made absolute here; an http(s):// or hf: reference; or "
+        f"a preset name: {', '.join(PRESETS)}). "
         "berth picks the engine for this machine unless --engine says which; the model is then served "
         "at http://<gateway>/models/NAME/v1/... With --wait, follow it until it serves (exit 0) or "
         "fails (exit 1, with the reason, what to do, and the log lines that show it).",
@@ -374,7 +421,29 @@ def add_retry(commands) -> None:
     retry.add_argument("--wait", action="store_true", help="follow it until DEPLOYED (exit 0) or a failure (exit 1)")
 
 
-COMMANDS = [add_up, add_deploy, add_ls, add_status, add_logs, add_stop, add_retry, add_worker]
+def add_engines(commands) -> None:
+    engines = _command(
+        commands, "engines",
+        "this machine's hardware, the engines that can run on it, and which one MODEL would get",
+        "Show the hardware (OS, CPU cores, RAM, NVIDIA GPUs with memory, driver and CUDA version, "
+        "Apple chip, Docker), each engine and whether it can run here and why, and for MODEL the "
+        "engine berth would choose and the reasons, or why no engine can serve it. Asks the berth API "
+        "(GET /v1/engines) when `berth up` runs, else computes the same here. Exit 1 when MODEL "
+        f"cannot be served. MODEL may be a preset: {', '.join(PRESETS)}.",
+        "berth engines\nberth engines ./qwen2.5-0.5b-instruct-q4_k_m.gguf\nberth engines ./my-model/ --engine vllm\n"
+        "docker compose exec worker berth engines --local gemma3-270m",
+        cmd_engines,
+    )
+    engines.add_argument("model", metavar="MODEL", nargs="?", help="a model file/folder, hub reference or preset")
+    engines.add_argument("--engine", choices=ENGINES, metavar="E", help=f"ask about forcing one: {', '.join(ENGINES)}")
+    engines.add_argument("--json", action="store_true", help="print the report as JSON (as GET /v1/engines answers)")
+    engines.add_argument(
+        "--local", action="store_true",
+        help="compute it on this machine even when an API answers (e.g. on a worker node of docker-compose.yml)",
+    )
+
+
+COMMANDS = [add_up, add_deploy, add_ls, add_status, add_logs, add_stop, add_retry, add_engines, add_worker]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -165,3 +165,74 @@ def follow(
             out.write(CLEAR_LINE + line[: shutil.get_terminal_size().columns - 1])
         out.flush()
         time.sleep(poll_s)
+
+
+# ---- berth engines ----------------------------------------------------------------------------------
+
+
+def _size(n_bytes) -> str:
+    from berth.domain.hardware import gib  # pydantic: only for this command
+
+    return gib(n_bytes) if n_bytes is not None else "?"
+
+
+def _labelled(rows: list[tuple[str, str]], indent: str = "  ") -> list[str]:
+    width = max(len(label) for label, _ in rows)
+    return [f"{indent}{label:<{width}}  {value}" for label, value in rows]
+
+
+def hardware_rows(hardware: dict) -> list[tuple[str, str]]:
+    rows = [
+        ("os", f"{hardware.get('os')} {hardware.get('arch')}"),
+        ("cpu", f"{hardware.get('cpu_cores')} cores"),
+        ("memory", f"{_size(hardware.get('ram_total'))} RAM, {_size(hardware.get('ram_available'))} available"),
+    ]
+    apple = hardware.get("apple_silicon")
+    if apple:
+        rows.append(("chip", f"{apple['chip']}, {_size(apple['unified_memory'])} unified memory"))
+    gpus = hardware.get("gpus") or []
+    if not gpus:
+        rows.append(("gpus", "no NVIDIA GPU"))
+    for gpu in gpus:
+        facts = [f"{_size(gpu['memory_total'])}", f"{_size(gpu['memory_free'])} free"]
+        if gpu.get("compute_capability"):
+            facts.append(f"compute capability {gpu['compute_capability']}")
+        rows.append(("gpu", f"{gpu['index']}: {gpu['name']} ({', '.join(facts)})"))
+    if hardware.get("driver_version") or hardware.get("cuda_version"):
+        rows.append(("driver", f"NVIDIA {hardware.get('driver_version') or '?'}, CUDA {hardware.get('cuda_version') or '?'}"))
+    rows.append(("docker", "a Docker engine answers" if hardware.get("docker_available") else "no Docker engine answers"))
+    for note in hardware.get("notes") or []:
+        rows.append(("note", note))
+    return rows
+
+
+def engines_text(report: dict, source: str) -> str:
+    """`berth engines [MODEL]`: the hardware, each engine and why, and MODEL's engine or refusal."""
+    lines = [f"hardware of {source}", *_labelled(hardware_rows(report["hardware"])), "", "engines"]
+    engines = report.get("engines") or []
+    asked = report.get("model") is not None
+    header = ["ENGINE", "FORMATS", "RUNS HERE", *(["SERVES MODEL"] if asked else []), "WHY"]
+    rows = [
+        [e["name"], ",".join(e["formats"]), "yes" if e["available"] else "no",
+         *((["yes" if e.get("serves_model") else "no"]) if asked else []), e["why"]]
+        for e in engines
+    ]
+    lines += ["  " + line for line in table(rows, header).splitlines()]
+    model, selection = report.get("model"), report.get("selection") or {}
+    if model:
+        facts = [model.get("format") or "format unknown"]
+        if model.get("size_bytes"):
+            facts.append(_size(model["size_bytes"]))
+        if model.get("preset"):
+            facts.append(f"preset {model['preset']}")
+        if not model.get("found") and not model.get("preset") and model.get("format"):
+            facts.append("no such file here: judged by its name")
+        lines += ["", f"model {model['reference']} ({', '.join(facts)})"]
+        if "refused" in selection:
+            lines += _labelled([("refused", selection["refused"])])
+        else:
+            reasons = selection.get("reasons") or []
+            rows = [("engine", selection.get("engine", "?"))]
+            rows += [("why" if i == 0 else "", reason) for i, reason in enumerate(reasons)]
+            lines += _labelled(rows)
+    return "\n".join(lines)

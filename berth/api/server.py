@@ -1,12 +1,22 @@
-"""`python -m berth.api.server`: the REST API on 127.0.0.1:$BERTH_API_PORT (what `berth up` runs)."""
+"""`python -m berth.api.server`: the REST API on $BERTH_API_HOST:$BERTH_API_PORT, 127.0.0.1:8000 by
+default (what `berth up` runs). In a container (docker-compose.yml) BERTH_API_HOST=0.0.0.0, so that
+the port published on the host reaches it."""
 
 import logging
+import os
+from collections.abc import Mapping
 
 import httpx
 
 from berth.settings import Settings
 
 API_HOST = "127.0.0.1"
+API_HOST_ENV = "BERTH_API_HOST"
+
+
+def api_host(env: Mapping[str, str] = os.environ) -> str:
+    """The address the API binds: BERTH_API_HOST, else loopback only."""
+    return (env.get(API_HOST_ENV) or "").strip() or API_HOST
 
 
 def api_url(settings: Settings) -> str:
@@ -30,7 +40,7 @@ def main() -> None:
     settings.ensure_dirs()
     uvicorn.run(
         create_app(settings),
-        host=API_HOST,
+        host=api_host(),
         port=settings.api_port,
         log_level="info",
         server_header=False,
