@@ -56,6 +56,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         workflows=[DeploymentWorkflow],
         activities=[place_deployment],
         graceful_shutdown_timeout=timedelta(seconds=2),
+        # a restarted worker takes over the workflows of the dead one after this (default 10 s)
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
     )
     node = Worker(
         client,

@@ -107,7 +107,7 @@ class DeploymentWorkflow:
         self._stop_requested = False
         self._retry_spec: DeploymentSpec | None = None  # set by a valid `retry`
         self._deployed_at: float | None = None
-        self._step: asyncio.Future | None = None  # the pipeline pass in flight
+        self._pass: asyncio.Future | None = None  # the pipeline pass in flight
 
     # ---- the surface: query and signals ------------------------------------------------------
 
@@ -151,8 +151,8 @@ class DeploymentWorkflow:
             await self._serve_until_stopped()
         except asyncio.CancelledError:
             # A Temporal cancellation (CLI, UI) is a stop: the same teardown, then end as cancelled.
-            if self._step is not None and not self._step.done():
-                self._step.cancel()
+            if self._pass is not None and not self._pass.done():
+                self._pass.cancel()
             await self._teardown("cancelled through Temporal")
             raise
         await self._teardown("stopped by the user")
@@ -180,7 +180,7 @@ class DeploymentWorkflow:
         node_queue = node_task_queue(instance.node)
         self._transition(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
-            choice: EngineChoice = await workflow.execute_activity(
+            choice: EngineChoice = await self._step(
                 SELECT_ENGINE,
                 SelectEngineInput(model=spec.model, override=spec.engine),
                 task_queue=node_queue,
@@ -191,18 +191,18 @@ class DeploymentWorkflow:
             self._upsert_search_attributes()
 
             self._set_instance(InstanceStatus.REQUESTED)
-            instance.port = await workflow.execute_activity(
+            instance.port = await self._step(
                 ALLOCATE_PORT, PortRequest(instance_id=instance.instance_id), task_queue=node_queue,
                 result_type=int, **QUICK,
             )
-            self._state.endpoint = await workflow.execute_activity(
+            self._state.endpoint = await self._step(
                 CONFIGURE_ROUTE,
                 RouteRequest(deployment=spec.name, port=instance.port, engine=choice.engine, public=spec.public),
                 task_queue=node_queue, result_type=str, **QUICK,
             )
 
             self._set_instance(InstanceStatus.COPYING_FILES)
-            model: PreparedModel = await workflow.execute_activity(
+            model: PreparedModel = await self._step(
                 PREPARE_FILES,
                 PrepareFilesInput(deployment=spec.name, model=spec.model),
                 task_queue=node_queue,
@@ -213,7 +213,7 @@ class DeploymentWorkflow:
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
             self._state.model_path = model.path
-            plan: ResourcePlan | None = await workflow.execute_activity(
+            plan: ResourcePlan | None = await self._step(
                 PLAN_RESOURCES,
                 PlanRequest(model_path=model.path, engine=choice.engine, context_size=spec.context_size),
                 task_queue=node_queue, result_type=ResourcePlan | None, **QUICK,
@@ -222,7 +222,7 @@ class DeploymentWorkflow:
             self._state.resource_plan = plan.reasons if plan else []
 
             self._set_instance(InstanceStatus.STARTING)
-            handle: EngineHandle = await workflow.execute_activity(
+            handle: EngineHandle = await self._step(
                 LAUNCH_ENGINE,
                 LaunchRequest(
                     instance_id=instance.instance_id,
@@ -239,7 +239,7 @@ class DeploymentWorkflow:
             instance.pid, instance.log_path = handle.pid, handle.log_path
 
             self._transition(DeploymentStatus.INITIALIZING, f"{choice.engine} is loading the model")
-            ready: EngineOutcome = await workflow.execute_activity(
+            ready: EngineOutcome = await self._step(
                 AWAIT_READY,
                 ReadyRequest(handle=handle, startup_timeout_s=spec.startup_timeout_s),
                 task_queue=node_queue,
@@ -256,7 +256,7 @@ class DeploymentWorkflow:
             self._state.error = None
             self._deployed_at = workflow.time()
             self._transition(DeploymentStatus.DEPLOYED, f"serving at {self._state.endpoint}")
-            return await workflow.execute_activity(
+            return await self._step(
                 SUPERVISE,
                 handle,
                 task_queue=node_queue,
@@ -270,6 +270,14 @@ class DeploymentWorkflow:
             if is_cancelled_exception(error):
                 raise
             return EngineOutcome(failure=_failure_of(error))
+
+    async def _step(self, activity: str, arg: Any, **options: Any) -> Any:
+        """One activity of the pipeline. A stop or retry that came while it ran ends the pass here:
+        a short activity does not heartbeat, so the cancel never reached it and it completed."""
+        result = await workflow.execute_activity(activity, arg, **options)
+        if self._interrupted:
+            raise asyncio.CancelledError()
+        return result
 
     # ---- failures and retries -------------------------------------------------------------------
 
@@ -319,7 +327,7 @@ class DeploymentWorkflow:
 
     async def _until_interrupted(self, step) -> EngineOutcome:
         """Run a step; a stop or retry cancels it and raises _Interrupted."""
-        task = self._step = asyncio.ensure_future(step)
+        task = self._pass = asyncio.ensure_future(step)
         await workflow.wait_condition(lambda: task.done() or self._interrupted)
         if task.done():
             return task.result()
