@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from temporalio.service import RPCError, RPCStatusCode
 
 from berth.api.app import create_app
-from berth.api_token import ensure_api_token, load_api_token
 from berth.api.facade import Deployments
+from berth.api_token import ensure_api_token, load_api_token
+from berth.domain.temporal_names import workflow_id
 from berth.settings import Settings
 from berth.testing.harness import engine_processes
-from berth.workflows.deployment import workflow_id
 
 FINAL = {"DEPLOYED", "STOPPED", "FAILED", "MUST_REDOWNLOAD"}
 

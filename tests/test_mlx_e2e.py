@@ -21,11 +21,11 @@ from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LaunchRequest
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S
+from berth.domain.temporal_names import workflow_id
 from berth.engines.base import Readiness
 from berth.engines.mlx import MlxEngine
 from berth.testing.harness import engine_processes, free_port, start_deployment, wait_for_status
 from berth.testing.tiny_safetensors import write_tiny_safetensors
-from berth.workflows.deployment import workflow_id
 
 needs_mlx = pytest.mark.skipif(
     importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,

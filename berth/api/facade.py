@@ -36,20 +36,11 @@ from berth.domain.errors import ErrorCode
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
+from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
 from berth.engines.registry import ENGINES
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.temporal_connection import connect
-from berth.workflows.deployment import (
-    BERTH_ENGINE,
-    BERTH_MODEL,
-    BERTH_STATUS,
-    RETRY_SIGNAL,
-    STATE_QUERY,
-    STOP_SIGNAL,
-    WORKFLOW_TYPE,
-    DeploymentInput,
-    workflow_id,
-)
+from berth.workflows.deployment import BERTH_ENGINE, BERTH_MODEL, BERTH_STATUS, DeploymentInput
 
 WORKFLOW_ID_PREFIX = workflow_id("")
 QUERY_TIMEOUT = timedelta(seconds=10)

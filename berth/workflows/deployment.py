@@ -59,7 +59,6 @@ with workflow.unsafe.imports_passed_through():
         STATUS_ATTRIBUTE,
         STOP_SIGNAL,
         WORKFLOW_TYPE,
-        workflow_id,  # noqa: F401  (re-exported for callers that still import it from here)
     )
     from berth.settings import CONTROL_TASK_QUEUE, node_task_queue
 
