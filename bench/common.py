@@ -125,6 +125,7 @@ class Bench:
         self.homes: list[Path] = []  # every $BERTH_HOME the bench used, for the final process check
         self.bare_processes: list[subprocess.Popen] = []
         self.cleanup: list[str] = []  # what had to be killed at the end (should stay empty)
+        self.failed_starts: list[str] = []  # `berth up` runs that did not come up, and why
         self.shared: dict = {}  # results one module hands to another (e.g. bare start times)
 
     def runs(self, full: int, quick: int) -> int:
@@ -254,6 +255,7 @@ def write_json(path: Path, bench: Bench, machine_info: dict, runtime_s: float, a
         "runtime_s": round(runtime_s, 1),
         "results": [asdict(row) | {"verdict": row.verdict} for row in bench.rows],
         "cleanup": bench.cleanup,
+        "failed_starts": bench.failed_starts,
     }
     path.write_text(json.dumps(document, indent=1, default=str))
 
@@ -280,16 +282,34 @@ def free_port_range(size: int) -> str:
     raise RuntimeError(f"no block of {size} free ports in 21000-32767")
 
 
+def start_failure(error: Exception) -> str:
+    """One line out of a failed `berth up`'s output: its own 'berth:' line and the last line of the log."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith("berth:")), lines[0] if lines else "?")
+    last = next((line for line in reversed(lines) if not line.startswith("berth:")), "")
+    return f"{said.split(';')[0]} ({last[:170]})"
+
+
 @contextlib.contextmanager
 def stack_session(bench: Bench, label: str, extra_env: dict[str, str] | None = None, stop_timeout_s: float = 90,
                   ports: int = 300):
     """`berth up` in a fresh $BERTH_HOME; on exit it is stopped, and anything left of it is killed and
-    reported (a process left behind is a bug in berth's shutdown, not something to hide)."""
-    home = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=bench.workdir))
-    bench.homes.append(home)
-    stack = RunningStack(home, extra_env={"BERTH_PORT_RANGE": free_port_range(ports), **(extra_env or {})})
-    started = time.perf_counter()
-    stack.start(timeout_s=120)
+    reported (a process left behind is a bug in berth's shutdown, not something to hide). A start
+    that fails is reported (bench.failed_starts) and tried once more in another fresh home."""
+    for attempt in (1, 2):
+        home = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=bench.workdir))
+        bench.homes.append(home)
+        stack = RunningStack(home, extra_env={"BERTH_PORT_RANGE": free_port_range(ports), **(extra_env or {})})
+        started = time.perf_counter()
+        try:
+            stack.start(timeout_s=120)
+            break
+        except RuntimeError as error:
+            reason = start_failure(error)
+            bench.failed_starts.append(f"stack {label}: {reason}")
+            bench.log(f"stack {label}: berth up FAILED (attempt {attempt}): {reason}")
+            if attempt == 2:
+                raise RuntimeError(f"berth up failed twice: {reason}") from None
     bench.log(f"stack {label}: berth up in {time.perf_counter() - started:.2f} s (home {home})")
     try:
         yield stack

@@ -53,7 +53,8 @@ async def guarded(bench: Bench, ids: set[str], what: str, step) -> None:
         await step()
     except Exception as error:  # noqa: BLE001 - report and go on
         traceback.print_exc()
-        bench.add(Row(min(ids), f"{what}: not measured", "-", f"error: {type(error).__name__}: {str(error)[:160]}", passed=False))
+        first = (str(error).splitlines() or [""])[0]
+        bench.add(Row(min(ids), f"{what}: not measured", "-", f"error: {type(error).__name__}: {first[:160]}", passed=False))
 
 
 async def main_stack(bench: Bench) -> None:
@@ -91,7 +92,7 @@ async def run(args: argparse.Namespace) -> int:
                 await main_stack(bench)
             except Exception as error:  # noqa: BLE001 - the stack itself did not come up
                 traceback.print_exc()
-                bench.add(Row("P1", "main stack: not measured", "-", f"error: {error}"[:200], passed=False))
+                bench.add(Row("P1", "main stack: not measured", "-", f"error: {str(error).splitlines()[0][:200]}", passed=False))
         asked = args.scale or bench.runs(1000, 100)
         await guarded(bench, {"P5a"}, "P5a", lambda: scale.standin_scale(bench, asked))
     finally:
@@ -109,6 +110,8 @@ async def run(args: argparse.Namespace) -> int:
         for note in row.notes:
             print(f"  {row.id} {row.metric}: {note}")
     print()
+    if bench.failed_starts:
+        print(f"`berth up` failed to start {len(bench.failed_starts)} time(s): " + "; ".join(bench.failed_starts))
     print("processes left behind: " + ("none" if not left else "; ".join(left)))
     write_json(args.out, bench, info, runtime, sys.argv[1:])
     args.out.with_suffix(".md").write_text(markdown_table(bench.rows, info, runtime, bench.quick))

@@ -46,10 +46,24 @@ def reconcile_interval_s() -> float:
     return float(os.environ.get("BERTH_RECONCILE_INTERVAL_S") or 30)
 
 
+async def connect_with_retry(settings: Settings, stop: asyncio.Event, timeout_s: float = 60):
+    """Temporal may still be opening its port (berth up starts everything at once): keep trying."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await connect(settings)
+        except RuntimeError:
+            if stop.is_set() or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     settings.ensure_dirs()
     write_gateway_config(settings)
-    client = await connect(settings)
+    client = await connect_with_retry(settings, stop)
+    if client is None:
+        return
     control = Worker(
         client,
         task_queue=CONTROL_TASK_QUEUE,
