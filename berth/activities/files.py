@@ -2,8 +2,10 @@
 
 Local paths are used in place, never copied, after a check that they exist and can be read.
 A preset name (berth.presets) that is not a path here is resolved first: a packaged preset is
-assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is refused until
-berth downloads models.
+assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
+URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
+in the deployment's state, resumable after a stop; files berth fetched that are gone now are
+MUST_REDOWNLOAD unless this deploy may fetch them again.
 """
 
 import asyncio
@@ -15,20 +17,21 @@ from temporalio import activity
 from berth.activities.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
+from berth.domain.model_reference import BadModelReference, LocalReference, parse_model_reference
 from berth.domain.pipeline import PREPARE_FILES, PrepareFilesInput, PreparedModel
+from berth.activities.download_progress import ProgressReporter
+from berth.engines.registry import ENGINES
+from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.presets import (
     Preset,
     PresetUnavailable,
     assemble_packaged,
-    hub_preset_message,
     is_assembled,
     missing_model_message,
     packaged_path,
     preset_for,
 )
 from berth.settings import Settings
-
-REMOTE_PREFIXES = ("http://", "https://", "hf:")
 
 
 def local_model_format(path: Path) -> str | None:
@@ -40,7 +43,9 @@ def local_model_format(path: Path) -> str | None:
     return format_of_name(path.name)
 
 
-def check_local_model(reference: str) -> PreparedModel:
+def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
+    """`resolve`: hand the engine the canonical path (False for the hub cache, whose files are
+    symlinks to content-named blobs: the snapshot path keeps the file's name)."""
     path = Path(reference).expanduser()
     if not path.exists():
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(reference))
@@ -51,16 +56,14 @@ def check_local_model(reference: str) -> PreparedModel:
     if path.is_file() and path.stat().st_size == 0:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, f"model file {str(path)!r} is empty")
     model_format = local_model_format(path) or "unknown"
-    return PreparedModel(path=str(path.resolve()), format=model_format)
+    return PreparedModel(path=str(path.resolve() if resolve else path.absolute()), format=model_format)
 
 
 HEARTBEAT_EVERY_S = 2.0
 
 
-async def resolve_preset(preset: Preset, models_dir: Path) -> str:
-    """The local path of a preset's model file on this node (assembled now if need be)."""
-    if preset.source == "hub":
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, hub_preset_message(preset))
+async def assemble_preset(preset: Preset, models_dir: Path) -> str:
+    """The local path of a packaged preset's model file on this node (assembled now if need be)."""
     if is_assembled(preset, models_dir):
         return str(packaged_path(preset, models_dir))
     assembling = asyncio.ensure_future(asyncio.to_thread(assemble_packaged, preset, models_dir))
@@ -74,15 +77,38 @@ async def resolve_preset(preset: Preset, models_dir: Path) -> str:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(unavailable)) from None
 
 
+def wanted_format(engine: str | None) -> str | None:
+    """The format to fetch for an engine: llama.cpp wants GGUF, vLLM and MLX safetensors."""
+    spec = ENGINES.get(engine or "")
+    if spec is None:
+        return None
+    return "gguf" if "gguf" in spec.formats else next(iter(sorted(spec.formats)), None)
+
+
 @activity.defn(name=PREPARE_FILES)
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
-    preset = preset_for(request.model)
+    models_dir = Settings.from_env().models_dir
+    reference = request.model
+    preset = preset_for(reference)
     if preset is not None:
-        return check_local_model(await resolve_preset(preset, Settings.from_env().models_dir))
-    if request.model.startswith(REMOTE_PREFIXES):
-        raise failure_error(
-            ErrorCode.MODEL_LOADING_FAILURE,
-            f"{request.model!r}: downloading models is not built yet; download the file and "
-            "deploy its local path",
+        if preset.source == "package":
+            return check_local_model(await assemble_preset(preset, models_dir))
+        reference = preset.reference
+    try:
+        parsed = parse_model_reference(reference, exists=Path(reference).expanduser().exists())
+    except BadModelReference as bad:
+        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
+    if isinstance(parsed, LocalReference):
+        return check_local_model(parsed.path)
+    reporter = ProgressReporter()
+    try:
+        fetched = await reporter.run(
+            fetch_model(parsed, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
         )
-    return check_local_model(request.model)
+    except ModelGone as gone:
+        raise failure_error(ErrorCode.MUST_REDOWNLOAD, str(gone), missing_files=gone.missing) from None
+    except FetchFailed as failed:
+        code = ErrorCode.TRANSIENT if failed.retryable else ErrorCode.MODEL_LOADING_FAILURE
+        raise failure_error(code, str(failed)) from None
+    prepared = check_local_model(fetched.path, resolve=False)
+    return prepared.model_copy(update={"note": fetched.note})

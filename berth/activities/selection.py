@@ -1,4 +1,9 @@
-"""select_engine: which engine serves this model on this node (the node's hardware, probed)."""
+"""select_engine: which engine serves this model on this node (the node's hardware, probed).
+
+It runs before the files are fetched, so a remote model's format comes from its name (a URL, a
+named hub file), from the node's cache, or from the hub repo's file list (one listing, no
+download): a model no engine here can serve fails before gigabytes are fetched for nothing.
+"""
 
 import asyncio
 from pathlib import Path
@@ -6,23 +11,71 @@ from pathlib import Path
 from temporalio import activity
 
 from berth.activities.failures import failure_error
-from berth.activities.files import local_model_format
+from berth.activities.files import local_model_format, wanted_format
 from berth.activities.hardware import probe_hardware
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
+from berth.domain.model_reference import (
+    BadModelReference,
+    HubReference,
+    LocalReference,
+    UrlReference,
+    parse_model_reference,
+)
 from berth.domain.pipeline import SELECT_ENGINE, EngineChoice, SelectEngineInput
 from berth.engines.selection import SelectionRefused, select_engine as choose
+from berth.models.fetch import cached_format
+from berth.models.hub import HubError, list_hub_repo
+from berth.models.hub_selection import select_hub_files
 from berth.presets import missing_model_message, preset_for
+from berth.settings import Settings
 
 
 def model_format_of(reference: str) -> str | None:
+    """The format of a local model or a preset; of a remote one only as far as its name says."""
     path = Path(reference).expanduser()
     if path.exists():
         return local_model_format(path)
     preset = preset_for(reference)  # resolved later, by prepare_files: its format is known now
     if preset is not None:
         return preset.format
-    return format_of_name(reference)
+    return format_of_name(reference.split("#", 1)[0])
+
+
+def remote_model_format(reference: UrlReference | HubReference, override: str) -> str | None:
+    """A remote model's format, fetching at most the hub repo's file list. Blocking."""
+    if isinstance(reference, UrlReference):
+        return format_of_name(reference.file_name)
+    if reference.file:
+        return format_of_name(reference.file)
+    known = cached_format(reference, Settings.from_env().models_dir)
+    if known is not None:
+        return known
+    listing = list_hub_repo(reference)
+    return select_hub_files(listing, reference, wanted_format(override)).format
+
+
+async def format_for_selection(model: str, override: str) -> str | None:
+    preset = preset_for(model)
+    reference = preset.reference if preset is not None and preset.source == "hub" else model
+    if preset is not None and preset.source != "hub":
+        return preset.format
+    try:
+        parsed = parse_model_reference(reference, exists=Path(reference).expanduser().exists())
+    except BadModelReference as bad:
+        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
+    if isinstance(parsed, LocalReference):
+        return model_format_of(parsed.path)
+    try:
+        return await asyncio.to_thread(remote_model_format, parsed, override)
+    except HubError as error:
+        if not reference.startswith("hf:"):  # `org/repo`: maybe a mistyped path rather than a repo
+            raise failure_error(
+                ErrorCode.MODEL_LOADING_FAILURE,
+                f"{reference!r} is not a file or folder on this node, and as a Hugging Face repo: {error}",
+            ) from None
+        code = ErrorCode.TRANSIENT if error.kind == "network" else ErrorCode.MODEL_LOADING_FAILURE
+        raise failure_error(code, str(error)) from None
 
 
 def model_bytes_of(reference: str) -> int | None:
@@ -41,11 +94,10 @@ def model_bytes_of(reference: str) -> int | None:
 
 @activity.defn(name=SELECT_ENGINE)
 async def select_engine(request: SelectEngineInput) -> EngineChoice:
+    model_format = await format_for_selection(request.model, request.override)
     hardware = await asyncio.to_thread(probe_hardware)
     try:
-        selection = choose(
-            model_format_of(request.model), hardware, request.override, model_bytes_of(request.model)
-        )
+        selection = choose(model_format, hardware, request.override, model_bytes_of(request.model))
     except SelectionRefused as refused:
         path = Path(request.model).expanduser()
         if not path.exists() and not request.model.startswith(("http://", "https://", "hf:")):

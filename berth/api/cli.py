@@ -30,6 +30,7 @@ from berth.api.cli_output import (
     transition_line,
 )
 from berth.domain.status import DeploymentStatus
+from berth.domain.model_reference import BadModelReference, HubReference, UrlReference, parse_model_reference
 from berth.presets import PRESETS, looks_like_a_name, preset_for
 from berth.settings import Settings
 
@@ -51,18 +52,33 @@ STATUSES = [status.value for status in DeploymentStatus]
 
 
 def model_reference(model: str) -> str:
-    """A local path made absolute (the worker may run elsewhere than here); URLs, hub references,
-    and bare names with no file of that name here (presets, or a typo the node names) as they are."""
-    if model.startswith(REMOTE_PREFIXES) or (looks_like_a_name(model) and not os.path.exists(model)):
+    """A local path made absolute (the worker may run elsewhere than here); URLs, hub references
+    (`hf:...`, or an `org/repo` that is no path here), and bare names with no file of that name
+    here (presets, or a typo the node names) as they are."""
+    exists = os.path.exists(os.path.expanduser(model))
+    if model.startswith(REMOTE_PREFIXES) or (looks_like_a_name(model) and not exists):
         return model
+    try:
+        if isinstance(parse_model_reference(model, exists=exists), HubReference):
+            return model
+    except BadModelReference:
+        pass
     return os.path.abspath(os.path.expanduser(model))
 
 
 def name_from_model(model: str) -> str:
     """A deployment name (DNS label) from the model's file name: 'Qwen2.5-0.5B_Q4.gguf' -> 'qwen2-5-0-5b-q4';
-    a preset's name as it is ('gemma3-270m')."""
+    a preset's name as it is ('gemma3-270m'); a hub repo's file, or the repo's name."""
     if preset_for(model) is not None:
         return model
+    try:
+        reference = parse_model_reference(model, exists=os.path.exists(os.path.expanduser(model)))
+    except BadModelReference:
+        reference = None
+    if isinstance(reference, HubReference):
+        model = reference.file or reference.repo
+    elif isinstance(reference, UrlReference):
+        model = reference.file_name
     stem = model.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].removeprefix("hf:")
     stem = re.sub(r"\.(gguf|safetensors)$", "", stem, flags=re.IGNORECASE)
     name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:63].strip("-")
@@ -336,15 +352,19 @@ def add_deploy(commands) -> None:
     deploy = _command(
         commands, "deploy",
         "serve a model under a name",
-        "Deploy MODEL (a local file or folder, made absolute here; an http(s):// or hf: reference; or "
-        f"a preset name: {', '.join(PRESETS)}). "
+        "Deploy MODEL: a local file or folder (made absolute here, used in place); an http(s):// URL "
+        "(downloaded, resumable; add #sha256=HEX to check it); a Hugging Face repo, hf:org/repo[@revision]"
+        "[:file.gguf] or org/repo (berth picks Q4_K_M, else the smallest GGUF, or the safetensors set); or "
+        f"a preset name: {', '.join(PRESETS)}. "
         "berth picks the engine for this machine unless --engine says which; the model is then served "
-        "at http://<gateway>/models/NAME/v1/... With --wait, follow it until it serves (exit 0) or "
-        "fails (exit 1, with the reason, what to do, and the log lines that show it).",
-        "berth deploy ./qwen2.5-0.5b-instruct-q4_k_m.gguf --name qwen --context-size 4096 --wait",
+        "at http://<gateway>/models/NAME/v1/... With --wait, follow it (with a progress bar while files "
+        "download) until it serves (exit 0) or fails (exit 1, with the reason, what to do, and the log "
+        "lines that show it).",
+        "berth deploy ./qwen2.5-0.5b-instruct-q4_k_m.gguf --name qwen --context-size 4096 --wait\n"
+        "berth deploy hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF --wait",
         cmd_deploy,
     )
-    deploy.add_argument("model", metavar="MODEL", help="model file/folder, URL, or hf: reference")
+    deploy.add_argument("model", metavar="MODEL", help="model file/folder, URL, hf:org/repo reference, or preset")
     deploy.add_argument("--name", help="deployment name, a DNS label (default: from the file name)")
     deploy.add_argument("--engine", help=f"force an engine: {', '.join(ENGINES)} (default: auto)")
     deploy.add_argument("--context-size", type=int, metavar="N", help="tokens of context (default: the engine's)")

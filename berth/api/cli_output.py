@@ -90,6 +90,10 @@ def state_text(state: dict, transitions: int = 5) -> str:
         rows.append(("engine", f"{engine} ({reasons})" if reasons else engine))
     spec = state.get("spec") or {}
     rows.append(("model", spec.get("model")))
+    if state.get("model_choice"):
+        rows.append(("chosen", state["model_choice"]))
+    if state.get("download"):
+        rows.append(("download", progress_text(state["download"])))
     if state.get("context_size") or spec.get("context_size"):
         rows.append(("context", str(state.get("context_size") or spec.get("context_size"))))
     rows.append(("endpoint", state.get("endpoint") or "-"))
@@ -112,6 +116,38 @@ def state_text(state: dict, transitions: int = 5) -> str:
     if recent:
         text += ["", "recent transitions:"] + [f"  {transition_line(t)}" for t in recent]
     return "\n".join(text)
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:,.1f} MB" if n_bytes < 1e9 else f"{n_bytes / 1e9:,.2f} GB"
+
+
+def progress_text(download: dict, width: int = 24) -> str:
+    """'[##########..............] 42.0%  105.0 MB of 250.0 MB  model.gguf (1/1, resumed at 40.0 MB)'"""
+    done, total = download.get("bytes_done") or 0, download.get("bytes_total")
+    if total:
+        filled = min(width, int(width * done / total))
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {100 * min(done, total) / total:5.1f}%"
+        amount = f"{_megabytes(done)} of {_megabytes(total)}"
+    else:
+        bar, amount = "[size unknown]", _megabytes(done)
+    facts = []
+    if (download.get("files_total") or 0) > 1:
+        facts.append(f"{download.get('files_done', 0)}/{download['files_total']} files")
+    if download.get("resumed_from"):
+        facts.append(f"resumed at {_megabytes(download['resumed_from'])}")
+    where = download.get("file") or download.get("source") or ""
+    return f"{bar}  {amount}  {where}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def progress_step(download: dict | None, steps: int = 10) -> int | None:
+    """Which tenth of the download is done (for printing progress without a terminal), None if none."""
+    if not download:
+        return None
+    total = download.get("bytes_total")
+    if not total:
+        return 0
+    return min(steps, int(steps * (download.get("bytes_done") or 0) / total))
 
 
 def table(rows: Iterable[Iterable[str]], header: Iterable[str]) -> str:
@@ -144,6 +180,7 @@ def follow(
     started = time.monotonic()
     spinner = itertools.cycle(SPINNER)
     fresh = not require_new
+    shown_step: int | None = None  # without a terminal: progress printed once per tenth
     while True:
         state = fetch()
         arrived = new_transitions(state, seen)
@@ -153,6 +190,11 @@ def follow(
             for transition in arrived:
                 out.write(prefix + transition_line(transition) + "\n")
             seen, fresh = transition_key(arrived[-1]), True
+        download = state.get("download")
+        step = progress_step(download)
+        if not live and step is not None and step != shown_step:
+            out.write(f"{prefix}{'':10}  downloading     {progress_text(download)}\n")
+        shown_step = step
         status = state.get("status")
         if fresh and status in done_ok | done_bad:
             if live:
@@ -161,6 +203,8 @@ def follow(
             return (0 if status in done_ok else 1), state
         if live:
             detail = ((state.get("transitions") or [{}])[-1]).get("detail", "")
+            if download:
+                detail = progress_text(download)
             line = f"{next(spinner)} {state.get('name')} {status}  {detail}  ({time.monotonic() - started:.0f} s)"
             out.write(CLEAR_LINE + line[: shutil.get_terminal_size().columns - 1])
         out.flush()

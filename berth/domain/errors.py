@@ -27,3 +27,5 @@ class Failure(BaseModel):
     signal: int | None = None
     # The largest context size that fits, where the failure is an OOM and it is known.
     suggested_context_size: int | None = None
+    # MUST_REDOWNLOAD: the files berth had fetched that are gone
+    missing_files: list[str] = Field(default_factory=list)

@@ -45,11 +45,16 @@ class RouteRequest(BaseModel):
 class PrepareFilesInput(BaseModel):
     deployment: str
     model: str
+    engine: str | None = None  # the chosen engine: which files of a hub repo it needs
+    # files berth fetched before and that are gone now: fetch them again (first deploy, user's
+    # retry) or stop at MUST_REDOWNLOAD (an automatic restart)
+    may_refetch: bool = True
 
 
 class PreparedModel(BaseModel):
     path: str
     format: str  # "gguf", "safetensors", ...
+    note: str | None = None  # e.g. which GGUF of a hub repo was chosen, and why
 
 
 class LaunchRequest(BaseModel):

@@ -22,7 +22,9 @@ class Decision:
     reason: str = ""
 
 
-def decide(code: ErrorCode, attempts_so_far: int, policy: RestartPolicy) -> Decision:
+def decide(
+    code: ErrorCode, attempts_so_far: int, policy: RestartPolicy, immediate_first_restart: bool = True
+) -> Decision:
     """The next status after a failure with `code`, given the automatic attempts already made."""
     if code is ErrorCode.MUST_REDOWNLOAD:
         return Decision(DeploymentStatus.MUST_REDOWNLOAD, 0, reason="the model files must be fetched again")
@@ -39,6 +41,6 @@ def decide(code: ErrorCode, attempts_so_far: int, policy: RestartPolicy) -> Deci
     return Decision(
         DeploymentStatus.ERROR,
         attempt,
-        policy.backoff_s(attempt),
+        policy.backoff_s(attempt, immediate_first_restart),
         reason=f"automatic restart {attempt} of {limit}",
     )

@@ -27,14 +27,23 @@ class RestartPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_attempts: int = Field(5, ge=0, le=100, description="automatic restarts before FAILED")
-    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first backoff, doubled each attempt")
+    backoff_initial_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="backoff before the second automatic restart (the first is immediate), doubled each attempt",
+    )
     backoff_max_s: float = Field(60.0, gt=0, le=86400, description="cap of the backoff")
     stable_after_s: float = Field(
         60.0, gt=0, le=86400, description="serving this long resets the attempt counter"
     )
 
-    def backoff_s(self, attempt: int) -> float:
-        """Backoff before automatic attempt `attempt` (1-based)."""
+    def backoff_s(self, attempt: int, immediate_first: bool = True) -> float:
+        """Backoff before automatic attempt `attempt` (1-based). The first restart is immediate: a
+        one-off crash costs no more than a start; a crash loop still slows down from the second.
+        (`immediate_first=False`: the older rule, kept for deployments started before it.)"""
+        if immediate_first:
+            if attempt <= 1:
+                return 0.0
+            attempt -= 1
         return min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, attempt - 1)))
 
 

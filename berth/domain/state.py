@@ -24,6 +24,25 @@ class DeploymentError(BaseModel):
     at: datetime
 
 
+class DownloadProgress(BaseModel):
+    """How far prepare_files has fetched the model's files (instance COPYING_FILES)."""
+
+    source: str = Field(description="what is fetched: a URL or hf:org/repo")
+    file: str = Field("", description="the file being fetched now")
+    bytes_done: int = 0
+    bytes_total: int | None = Field(None, description="None while the size is unknown")
+    files_done: int = 0
+    files_total: int = 0
+    resumed_from: int = Field(0, description="bytes already on disk from an earlier, interrupted fetch")
+
+    @computed_field
+    @property
+    def percent(self) -> float | None:
+        if not self.bytes_total:
+            return None
+        return round(100.0 * min(self.bytes_done, self.bytes_total) / self.bytes_total, 1)
+
+
 class InstanceState(BaseModel):
     instance_id: str
     node: str
@@ -40,6 +59,8 @@ class DeploymentState(BaseModel):
     engine_reasons: list[str] = Field(default_factory=list, description="why this engine")
     resource_plan: list[str] = Field(default_factory=list, description="why it fits, with which context")
     model_path: str | None = None
+    model_choice: str | None = Field(None, description="which files of a hub repo were chosen, and why")
+    download: DownloadProgress | None = Field(None, description="while the model's files are fetched")
     context_size: int | None = None
     endpoint: str | None = None
     instances: list[InstanceState] = Field(default_factory=list)

@@ -4,6 +4,8 @@ WORKFLOW_TYPE = "DeploymentWorkflow"
 STATE_QUERY = "state"
 STOP_SIGNAL = "stop"
 RETRY_SIGNAL = "retry"
+# Sent by prepare_files to its own deployment: how far the model download is (shown by `state`).
+DOWNLOAD_PROGRESS_SIGNAL = "download_progress"
 
 # Keyword search attributes, registered when the Temporal server starts.
 STATUS_ATTRIBUTE = "BerthStatus"

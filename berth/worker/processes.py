@@ -1,21 +1,11 @@
 """Child processes of `berth up`: started with their output in a log, tied to our life, stopped politely."""
 
-import ctypes
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when `berth up` dies, even by SIGKILL (no orphaned servers)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+from berth.process_lifetime import die_with_parent
 
 
 class ManagedProcess:
@@ -43,7 +33,7 @@ class ManagedProcess:
                 # its own process group: a Ctrl-C reaches `berth up` alone, which then stops the
                 # pieces in order (worker before engines before Temporal)
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,  # SIGTERM when `berth up` dies, even by SIGKILL
             )
 
     def running(self) -> bool:

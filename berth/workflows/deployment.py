@@ -47,11 +47,18 @@ with workflow.unsafe.imports_passed_through():
         SelectEngineInput,
         StopRequest,
     )
-    from berth.domain.restart_policy import decide
+    from berth.domain.restart_policy import Decision, decide
     from berth.domain.spec import DeploymentSpec, SpecPatch
-    from berth.domain.state import DeploymentError, DeploymentState, InstanceState, Transition
+    from berth.domain.state import (
+        DeploymentError,
+        DeploymentState,
+        DownloadProgress,
+        InstanceState,
+        Transition,
+    )
     from berth.domain.status import DeploymentStatus, InstanceStatus
     from berth.domain.temporal_names import (
+        DOWNLOAD_PROGRESS_SIGNAL,
         ENGINE_ATTRIBUTE,
         MODEL_ATTRIBUTE,
         RETRY_SIGNAL,
@@ -67,6 +74,12 @@ BERTH_ENGINE = SearchAttributeKey.for_keyword(ENGINE_ATTRIBUTE)
 BERTH_MODEL = SearchAttributeKey.for_keyword(MODEL_ATTRIBUTE)
 
 MAX_TRANSITIONS = 200
+# Since this patch, a failure is recorded before the engine is stopped (the state stops saying
+# DEPLOYED at once) and the first automatic restart has no backoff. Histories from before replay
+# the old order.
+FAST_RECOVERY_PATCH = "fast-recovery-v1"
+# Since this patch, select_engine runs beside allocate_port, and configure_route beside prepare_files.
+CONCURRENT_NODE_STEPS_PATCH = "concurrent-node-steps-v1"
 
 # Short node-side steps (milliseconds of work): retried a few times, then the deployment fails
 # with their error. The timeout is also how long a worker killed mid-step delays the retry.
@@ -107,6 +120,9 @@ class DeploymentWorkflow:
         self._retry_spec: DeploymentSpec | None = None  # set by a valid `retry`
         self._deployed_at: float | None = None
         self._pass: asyncio.Future | None = None  # the pipeline pass in flight
+        # Fetch model files that are gone again? Yes on the first deploy and after a user's retry;
+        # an automatic restart stops at MUST_REDOWNLOAD instead.
+        self._may_refetch = input.carried_state is None
 
     # ---- the surface: query and signals ------------------------------------------------------
 
@@ -129,6 +145,12 @@ class DeploymentWorkflow:
             return
         self._state.rejected_patch = None
         self._retry_spec = spec
+
+    @workflow.signal(name=DOWNLOAD_PROGRESS_SIGNAL)
+    def download_progress(self, progress: DownloadProgress) -> None:
+        """From prepare_files: how far the download is. Kept only while the files are being fetched."""
+        if self._state.instances and self._state.instances[0].status is InstanceStatus.COPYING_FILES:
+            self._state.download = progress
 
     @property
     def _interrupted(self) -> bool:
@@ -179,39 +201,27 @@ class DeploymentWorkflow:
         node_queue = node_task_queue(instance.node)
         self._transition(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
-            choice: EngineChoice = await self._step(
-                SELECT_ENGINE,
-                SelectEngineInput(model=spec.model, override=spec.engine),
-                task_queue=node_queue,
-                result_type=EngineChoice,
-                **QUICK,
-            )
-            self._state.engine, self._state.engine_reasons = choice.engine, choice.reasons
-            self._upsert_search_attributes()
-
-            self._set_instance(InstanceStatus.REQUESTED)
-            instance.port = await self._step(
-                ALLOCATE_PORT, PortRequest(instance_id=instance.instance_id), task_queue=node_queue,
-                result_type=int, **QUICK,
-            )
-            self._state.endpoint = await self._step(
-                CONFIGURE_ROUTE,
-                RouteRequest(deployment=spec.name, port=instance.port, engine=choice.engine, public=spec.public),
-                task_queue=node_queue, result_type=str, **QUICK,
-            )
-
-            self._set_instance(InstanceStatus.COPYING_FILES)
-            model: PreparedModel = await self._step(
-                PREPARE_FILES,
-                PrepareFilesInput(deployment=spec.name, model=spec.model),
-                task_queue=node_queue,
-                result_type=PreparedModel,
-                start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=QUICK["retry_policy"],
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
-            self._state.model_path = model.path
+            if workflow.patched(CONCURRENT_NODE_STEPS_PATCH):
+                # independent steps side by side: each is a round trip through Temporal
+                self._set_instance(InstanceStatus.REQUESTED)
+                choice, instance.port = await _together(
+                    self._select_engine(node_queue), self._allocate_port(node_queue)
+                )
+                self._record_engine(choice)
+                self._set_instance(InstanceStatus.COPYING_FILES)
+                self._state.endpoint, model = await _together(
+                    self._configure_route(node_queue, choice), self._prepare_files(node_queue, choice)
+                )
+            else:  # histories from before the patch replay one step after the other
+                choice = await self._select_engine(node_queue)
+                self._record_engine(choice)
+                self._set_instance(InstanceStatus.REQUESTED)
+                instance.port = await self._allocate_port(node_queue)
+                self._state.endpoint = await self._configure_route(node_queue, choice)
+                self._set_instance(InstanceStatus.COPYING_FILES)
+                model = await self._prepare_files(node_queue, choice)
+            self._may_refetch = False
+            self._state.model_path, self._state.model_choice = model.path, model.note
             plan: ResourcePlan | None = await self._step(
                 PLAN_RESOURCES,
                 PlanRequest(model_path=model.path, engine=choice.engine, context_size=spec.context_size),
@@ -270,6 +280,50 @@ class DeploymentWorkflow:
                 raise
             return EngineOutcome(failure=_failure_of(error))
 
+    # ---- the node steps before launch --------------------------------------------------------------
+
+    async def _select_engine(self, node_queue: str) -> EngineChoice:
+        spec = self._state.spec
+        return await self._step(
+            SELECT_ENGINE, SelectEngineInput(model=spec.model, override=spec.engine),
+            task_queue=node_queue, result_type=EngineChoice, **QUICK,
+        )
+
+    def _record_engine(self, choice: EngineChoice) -> None:
+        self._state.engine, self._state.engine_reasons = choice.engine, choice.reasons
+        self._upsert_search_attributes()
+
+    async def _allocate_port(self, node_queue: str) -> int:
+        instance = self._state.instances[0]
+        return await self._step(
+            ALLOCATE_PORT, PortRequest(instance_id=instance.instance_id), task_queue=node_queue,
+            result_type=int, **QUICK,
+        )
+
+    async def _configure_route(self, node_queue: str, choice: EngineChoice) -> str:
+        spec, instance = self._state.spec, self._state.instances[0]
+        return await self._step(
+            CONFIGURE_ROUTE,
+            RouteRequest(deployment=spec.name, port=instance.port, engine=choice.engine, public=spec.public),
+            task_queue=node_queue, result_type=str, **QUICK,
+        )
+
+    async def _prepare_files(self, node_queue: str, choice: EngineChoice) -> PreparedModel:
+        spec = self._state.spec
+        return await self._step(
+            PREPARE_FILES,
+            PrepareFilesInput(
+                deployment=spec.name, model=spec.model, engine=choice.engine, may_refetch=self._may_refetch
+            ),
+            task_queue=node_queue,
+            result_type=PreparedModel,
+            start_to_close_timeout=timedelta(hours=12),
+            # short: a stop reaches a download through its heartbeats (sent at most every 0.8x this)
+            heartbeat_timeout=timedelta(seconds=2),
+            retry_policy=QUICK["retry_policy"],
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
     async def _step(self, activity: str, arg: Any, **options: Any) -> Any:
         """One activity of the pipeline. A stop or retry that came while it ran ends the pass here:
         a short activity does not heartbeat, so the cancel never reached it and it completed."""
@@ -281,13 +335,14 @@ class DeploymentWorkflow:
     # ---- failures and retries -------------------------------------------------------------------
 
     async def _recover_from(self, failure: Failure) -> None:
-        """Stop what is left of the engine, record the failure, then wait: for the backoff (ERROR),
+        """Record the failure, stop what is left of the engine, then wait: for the backoff (ERROR),
         or for the user (FAILED, MUST_REDOWNLOAD)."""
         spec = self._state.spec
         if self._deployed_at is not None and workflow.time() - self._deployed_at >= spec.restart.stable_after_s:
             self._state.attempts = 0  # it served long enough: a new crash starts a new count
         self._deployed_at = None
-        decision = decide(failure.code, self._state.attempts, spec.restart)
+        fast = workflow.patched(FAST_RECOVERY_PATCH)
+        decision = decide(failure.code, self._state.attempts, spec.restart, immediate_first_restart=fast)
         self._state.error = DeploymentError(
             code=failure.code,
             message=failure.message,
@@ -296,31 +351,39 @@ class DeploymentWorkflow:
             suggested_context_size=failure.suggested_context_size,
             at=workflow.now(),
         )
-        await self._stop_engine()
         if decision.status is DeploymentStatus.ERROR:
-            self._state.attempts = decision.attempt
-            self._state.next_retry_at = workflow.now() + timedelta(seconds=decision.backoff_s)
-            self._transition(
-                DeploymentStatus.ERROR,
-                f"{failure.code.value}: {decision.reason} in {decision.backoff_s:g} s",
-            )
-            try:
-                await workflow.wait_condition(
-                    lambda: self._interrupted, timeout=timedelta(seconds=decision.backoff_s)
-                )
-            except asyncio.TimeoutError:
-                pass
-            self._state.next_retry_at = None
+            await self._restart_after_backoff(failure, decision, record_first=fast)
             return
+        # FAILED / MUST_REDOWNLOAD wait for the user: said only once nothing is left of the engine
+        await self._stop_engine()
         await self._release_route_and_port()
         self._transition(decision.status, f"{failure.code.value}: {decision.reason}")
         await workflow.wait_condition(lambda: self._interrupted)
+
+    async def _restart_after_backoff(self, failure: Failure, decision: Decision, record_first: bool) -> None:
+        """ERROR: stop the engine's remains and wait out the backoff (a stop or retry ends it early).
+        `record_first`: the status says ERROR before the engine is stopped, not after."""
+        if not record_first:
+            await self._stop_engine()
+        self._state.attempts = decision.attempt
+        self._state.next_retry_at = workflow.now() + timedelta(seconds=decision.backoff_s)
+        when = f"in {decision.backoff_s:g} s" if decision.backoff_s else "now"
+        self._transition(DeploymentStatus.ERROR, f"{failure.code.value}: {decision.reason} {when}")
+        if record_first:
+            await self._stop_engine()
+        if decision.backoff_s:
+            try:
+                await workflow.wait_condition(lambda: self._interrupted, timeout=timedelta(seconds=decision.backoff_s))
+            except asyncio.TimeoutError:
+                pass
+        self._state.next_retry_at = None
 
     async def _accept_retry(self) -> None:
         """A `retry` signal: take the (patched) spec, reset the attempt counter, start over clean."""
         spec, self._retry_spec = self._retry_spec, None
         self._state.spec = spec
         self._state.attempts = 0
+        self._may_refetch = True  # the user asked: files that are gone are fetched again
         await self._stop_engine()
         self._transition(DeploymentStatus.DEPLOYING, "retry requested")
 
@@ -380,6 +443,8 @@ class DeploymentWorkflow:
     def _set_instance(self, status: InstanceStatus) -> None:
         for instance in self._state.instances:
             instance.status = status
+        if status is not InstanceStatus.COPYING_FILES:
+            self._state.download = None
 
     def _upsert_search_attributes(self) -> None:
         updates = [
@@ -401,7 +466,20 @@ class DeploymentWorkflow:
             suggested_context_size=failure.suggested_context_size,
             exit_code=failure.exit_code,
             signal=failure.signal,
+            missing_files=failure.missing_files,
         )
+
+
+async def _together(*steps):
+    """Run steps side by side; when one fails, the others are cancelled (and awaited) first."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _failure_of(error: ActivityError) -> Failure:

@@ -1,0 +1,1 @@
+"""Remote models: fetching URLs and Hugging Face repos into the node's cache."""
