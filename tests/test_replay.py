@@ -1,14 +1,16 @@
 """Replay: recorded histories of each kind of deployment must replay against the current
 DeploymentWorkflow without a nondeterminism error.
 
-The histories (tests/fixtures/histories/<kind>.json) come from a real stack, through
-`python -m berth.testing.record_histories tests/fixtures/histories`. When this test fails after a
-change of deployment.py:
+The histories (tests/fixtures/histories/<generation>/<kind>.json) come from a real stack, through
+`python -m berth.testing.record_histories tests/fixtures/histories/<generation>`: v1 before the
+fast-recovery and concurrent-node-steps patches, v2 with them; both must keep replaying. When this
+test fails after a change of deployment.py:
   - before a release: the change is fine if it is intended; record the histories again;
   - after a release: running workflows have such histories; guard the change with
     `workflow.patched("<id>")` (old path when it returns False) and keep the old recordings.
 """
 
+import base64
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -28,32 +30,53 @@ with workflow.unsafe.imports_passed_through():
     from berth.workflows.deployment import (
         BERTH_MODEL,
         BERTH_STATUS,
+        CONCURRENT_NODE_STEPS_PATCH,
+        FAST_RECOVERY_PATCH,
         DeploymentInput,
         DeploymentWorkflow,
     )
 
 HISTORIES = Path(__file__).parent / "fixtures" / "histories"
+GENERATIONS = ("v1", "v2")
+RECORDINGS = [(generation, kind) for generation in GENERATIONS for kind in KINDS]
 END_EVENT = {
     "COMPLETED": "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
     "CANCELED": "EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED",
 }
 
 
-def history(kind: str) -> WorkflowHistory:
-    return WorkflowHistory.from_json(history_workflow_id(kind), (HISTORIES / f"{kind}.json").read_text())
+def history(generation: str, kind: str) -> WorkflowHistory:
+    path = HISTORIES / generation / f"{kind}.json"
+    return WorkflowHistory.from_json(history_workflow_id(kind), path.read_text())
 
 
 def replayer(*workflows) -> Replayer:
     return Replayer(workflows=list(workflows), data_converter=pydantic_data_converter)
 
 
-def test_every_kind_is_recorded():
-    assert sorted(path.stem for path in HISTORIES.glob("*.json")) == sorted(KINDS)
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_every_kind_is_recorded(generation):
+    assert sorted(path.stem for path in (HISTORIES / generation).glob("*.json")) == sorted(KINDS)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_the_recording_is_what_its_name_says(kind):
-    events = json.loads((HISTORIES / f"{kind}.json").read_text())["events"]
+def patches(events: list[dict]) -> set[str]:
+    """The workflow.patched() ids recorded in a history (markers with a JSON payload, base64 in the export)."""
+    found = set()
+    for event in events:
+        attributes = event.get("markerRecordedEventAttributes")
+        if attributes and attributes.get("markerName") == "core_patch":
+            for payload in attributes["details"]["patch-data"]["payloads"]:
+                found.add(json.loads(base64.b64decode(payload["data"]))["id"])
+    return found
+
+
+@pytest.mark.parametrize("generation, kind", RECORDINGS)
+def test_the_recording_is_what_its_name_says(generation, kind):
+    events = json.loads((HISTORIES / generation / f"{kind}.json").read_text())["events"]
+    expected = set() if kind == "stop-early" else {CONCURRENT_NODE_STEPS_PATCH}  # stopped before the first step
+    if kind in ("failure", "retry"):
+        expected.add(FAST_RECOVERY_PATCH)
+    assert patches(events) == (expected if generation == "v2" else set()), "v1: before the patches; v2: with them"
     types = [event["eventType"] for event in events]
     activities = [
         event["activityTaskScheduledEventAttributes"]["activityType"]["name"]
@@ -79,9 +102,9 @@ def test_the_recording_is_what_its_name_says(kind):
         assert signals[-1] == "stop"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_recorded_history_replays_against_the_current_workflow(kind):
-    result = await replayer(DeploymentWorkflow).replay_workflow(history(kind))
+@pytest.mark.parametrize("generation, kind", RECORDINGS)
+async def test_recorded_history_replays_against_the_current_workflow(generation, kind):
+    result = await replayer(DeploymentWorkflow).replay_workflow(history(generation, kind))
     assert result.replay_failure is None
 
 
@@ -118,8 +141,8 @@ class ChangedDeploymentWorkflow:
         return self._state
 
 
-@pytest.mark.parametrize("kind", ["success", "stop-early"])
-async def test_replay_fails_against_a_changed_workflow(kind):
+@pytest.mark.parametrize("generation, kind", [(g, k) for g in GENERATIONS for k in ("success", "stop-early")])
+async def test_replay_fails_against_a_changed_workflow(generation, kind):
     with pytest.raises(workflow.NondeterminismError) as raised:
-        await replayer(ChangedDeploymentWorkflow).replay_workflow(history(kind))
+        await replayer(ChangedDeploymentWorkflow).replay_workflow(history(generation, kind))
     assert "place_deployment" in str(raised.value) and "select_engine" in str(raised.value)

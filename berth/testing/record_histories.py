@@ -1,6 +1,6 @@
 """Record one Temporal history of each kind of deployment, for the replay test (tests/test_replay.py).
 
-    python -m berth.testing.record_histories tests/fixtures/histories
+    python -m berth.testing.record_histories tests/fixtures/histories/v3
 
 Starts a private `berth up` (temporary $BERTH_HOME, free ports, the tiny GGUF), runs each kind of
 deployment to its end, and writes each workflow's history as JSON to OUT_DIR/<kind>.json:
@@ -12,9 +12,9 @@ deployment to its end, and writes each workflow's history as JSON to OUT_DIR/<ki
     cancel      deployed, then `temporal workflow cancel`
     stop-early  stopped right after it was started
 
-Record again whenever DeploymentWorkflow changes what it schedules, before a release; once a
-release is out, change the workflow under `workflow.patched(...)` instead and keep the old
-histories (add new ones next to them).
+Changes to what DeploymentWorkflow schedules go under `workflow.patched(...)`, keeping the old
+histories: record the new generation into a folder of its own next to them (v1: before the
+fast-recovery and concurrent-node-steps patches; v2: with them) and list it in tests/test_replay.py.
 """
 
 import asyncio
