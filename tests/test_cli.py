@@ -9,7 +9,7 @@ from typing import get_args
 import pytest
 
 from berth.api.cli import ENGINES, build_parser, model_reference, name_from_model
-from berth.api.cli_output import failure_text, follow, last_transition_key
+from berth.api.cli_output import failure_text, follow, last_transition_key, progress_text
 from berth.domain.spec import EngineName
 from berth.testing.harness import RunningStack, free_port
 
@@ -210,3 +210,23 @@ def test_following_prints_each_transition_once_and_ends_on_the_first_new_outcome
     assert text.splitlines()[0] == "m is ERROR: CONTAINER_EXITED"
     assert "it died" in text and "what to do: look" in text and "| boom" in text
     assert "retries by itself" in text and "attempt 2" in text
+
+
+def test_a_download_is_shown_as_a_bar_and_piped_once_per_tenth():
+    download = {"source": "hf:org/r", "file": "m.gguf", "bytes_done": 105_000_000, "bytes_total": 250_000_000,
+                "files_done": 0, "files_total": 2, "resumed_from": 40_000_000}
+    text = progress_text(download)
+    assert text.startswith("[##########..............]  42.0%")
+    assert "105.0 MB of 250.0 MB" in text and "m.gguf" in text and "0/2 files" in text and "resumed at 40.0 MB" in text
+    assert progress_text({"bytes_done": 5_000_000}).startswith("[size unknown]  5.0 MB")
+
+    def fetching(done: int) -> dict:
+        state = _state("DEPLOYING", "DEPLOYING")
+        state["download"] = {**download, "bytes_done": done}
+        return state
+
+    answers = iter([fetching(d) for d in (1, 2, 30_000_000, 31_000_000, 240_000_000)] + [_state("DEPLOYED", "DEPLOYED")])
+    out = io.StringIO()
+    code, _ = follow(lambda: next(answers), out, poll_s=0)
+    bars = [line for line in out.getvalue().splitlines() if "downloading" in line]
+    assert code == 0 and [line.split("]")[1].split("%")[0].strip() for line in bars] == ["0.0", "12.0", "96.0"]
