@@ -93,3 +93,18 @@ async def test_unknown_repos_and_network_faults_are_told_apart(hub, tmp_path, mo
     with pytest.raises(FetchFailed) as unreachable:
         await fetch(HubReference("org/m-GGUF"), tmp_path)
     assert unreachable.value.retryable
+
+
+async def test_a_download_that_cannot_fit_on_the_disk_is_refused_before_it_starts(hub, tmp_path, monkeypatch):
+    free = type("Usage", (), {"free": 1000})()
+    monkeypatch.setattr("berth.models.fetch.shutil.disk_usage", lambda _: free)
+    monkeypatch.setattr("berth.models.url_download.shutil.disk_usage", lambda _: free)
+    hub.clear_requests()
+    with pytest.raises(FetchFailed, match=r"GB free: free some space") as hub_refused:
+        await fetch(HubReference("org/m-GGUF"), tmp_path)
+    assert not hub_refused.value.retryable and not hub.downloads("org/m-GGUF")
+    with pytest.raises(FetchFailed, match=r"GB free: free some space") as url_refused:
+        await fetch(parse_url(f"{hub.url}/org/m-GGUF/resolve/main/m-Q8_0.gguf"), tmp_path, want_format=None)
+    assert not url_refused.value.retryable
+    written = [p.name for p in (tmp_path / "url").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert not written

@@ -13,6 +13,7 @@ so does a node where HF_HUB_OFFLINE=1 forbids fetching.
 import asyncio
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,7 @@ async def _fetch_hub(
     except HubError as error:
         raise FetchFailed(str(error), retryable=error.kind == "network") from None
     cache_dir = models_dir / "hub"
+    check_disk_space(cache_dir, sum(f.size or 0 for f in selection.files), reference.display)
     snapshot = cache_dir / f"models--{listing.repo.replace('/', '--')}" / "snapshots" / listing.commit
     entry = snapshot / selection.entry if selection.entry else snapshot
     manifest = ModelManifest(
@@ -178,6 +180,18 @@ async def _fetch_hub(
         raise FetchFailed(f"the hub download of {reference.display} ended without {', '.join(missing)}")
     mark_complete(path, manifest)
     return FetchedModel(path=str(entry), format=selection.format, note=selection.reason)
+
+
+def check_disk_space(folder: Path, needed: int, source: str) -> None:
+    """Refuse a download that cannot fit, before it fills the disk (what is already there counts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    have = sum(p.stat().st_size for p in folder.rglob("*.incomplete") if p.is_file())
+    if needed - have > free:
+        raise FetchFailed(
+            f"{source} needs {needed / 1e9:.2f} GB and the disk holding {folder} has {free / 1e9:.2f} GB free: "
+            "free some space (or point BERTH_HOME at a bigger disk), then retry"
+        )
 
 
 def _usable(manifest: ModelManifest | None, source: str, may_refetch: bool, offline: bool) -> FetchedModel | None:

@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,12 @@ async def _download(
             if have and response.status_code != 206:
                 have, digest = 0, hashlib.sha256()  # the server ignored the Range: start over
             total = _total_size(response, have)
+            if total is not None and total - have > shutil.disk_usage(part.parent).free:
+                raise DownloadError(
+                    "disk",
+                    f"{reference.url} is {total / 1e9:.2f} GB and the disk holding {part.parent} has "
+                    f"{shutil.disk_usage(part.parent).free / 1e9:.2f} GB free: free some space, then retry",
+                )
             with open(part, "r+b" if have else "wb") as out:
                 out.seek(have)
                 done, last_report = have, 0.0
