@@ -17,7 +17,12 @@ from temporalio import activity
 from berth.activities.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
-from berth.domain.model_reference import BadModelReference, LocalReference, parse_model_reference
+from berth.domain.model_reference import (
+    BadModelReference,
+    LocalReference,
+    ModelReference,
+    parse_model_reference,
+)
 from berth.domain.pipeline import PREPARE_FILES, PrepareFilesInput, PreparedModel
 from berth.activities.download_progress import ProgressReporter
 from berth.engines.registry import ENGINES
@@ -85,25 +90,31 @@ def wanted_format(engine: str | None) -> str | None:
     return "gguf" if "gguf" in spec.formats else next(iter(sorted(spec.formats)), None)
 
 
+def model_source(model: str) -> Preset | ModelReference:
+    """What `model` names on this node: a packaged preset, or a parsed reference (for a hub preset,
+    its hub reference). A reference that cannot name a model is a MODEL_LOADING_FAILURE."""
+    preset = preset_for(model)
+    if preset is not None and preset.source == "package":
+        return preset
+    reference = preset.reference if preset is not None else model
+    try:
+        return parse_model_reference(reference, exists=Path(reference).expanduser().exists())
+    except BadModelReference as bad:
+        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
+
+
 @activity.defn(name=PREPARE_FILES)
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
     models_dir = Settings.from_env().models_dir
-    reference = request.model
-    preset = preset_for(reference)
-    if preset is not None:
-        if preset.source == "package":
-            return check_local_model(await assemble_preset(preset, models_dir))
-        reference = preset.reference
-    try:
-        parsed = parse_model_reference(reference, exists=Path(reference).expanduser().exists())
-    except BadModelReference as bad:
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
-    if isinstance(parsed, LocalReference):
-        return check_local_model(parsed.path)
+    source = model_source(request.model)
+    if isinstance(source, Preset):
+        return check_local_model(await assemble_preset(source, models_dir))
+    if isinstance(source, LocalReference):
+        return check_local_model(source.path)
     reporter = ProgressReporter()
     try:
         fetched = await reporter.run(
-            fetch_model(parsed, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
+            fetch_model(source, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
         )
     except ModelGone as gone:
         raise failure_error(ErrorCode.MUST_REDOWNLOAD, str(gone), missing_files=gone.missing) from None

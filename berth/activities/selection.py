@@ -11,23 +11,17 @@ from pathlib import Path
 from temporalio import activity
 
 from berth.activities.failures import failure_error
-from berth.activities.files import local_model_format, wanted_format
+from berth.activities.files import local_model_format, model_source, wanted_format
 from berth.activities.hardware import probe_hardware
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
-from berth.domain.model_reference import (
-    BadModelReference,
-    HubReference,
-    LocalReference,
-    UrlReference,
-    parse_model_reference,
-)
+from berth.domain.model_reference import HubReference, LocalReference, UrlReference
 from berth.domain.pipeline import SELECT_ENGINE, EngineChoice, SelectEngineInput
 from berth.engines.selection import SelectionRefused, select_engine as choose
 from berth.models.fetch import cached_format
 from berth.models.hub import HubError, list_hub_repo
 from berth.models.hub_selection import select_hub_files
-from berth.presets import missing_model_message, preset_for
+from berth.presets import Preset, missing_model_message, preset_for
 from berth.settings import Settings
 
 
@@ -56,23 +50,18 @@ def remote_model_format(reference: UrlReference | HubReference, override: str) -
 
 
 async def format_for_selection(model: str, override: str) -> str | None:
-    preset = preset_for(model)
-    reference = preset.reference if preset is not None and preset.source == "hub" else model
-    if preset is not None and preset.source != "hub":
-        return preset.format
+    source = model_source(model)
+    if isinstance(source, Preset):
+        return source.format
+    if isinstance(source, LocalReference):
+        return model_format_of(source.path)
     try:
-        parsed = parse_model_reference(reference, exists=Path(reference).expanduser().exists())
-    except BadModelReference as bad:
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
-    if isinstance(parsed, LocalReference):
-        return model_format_of(parsed.path)
-    try:
-        return await asyncio.to_thread(remote_model_format, parsed, override)
+        return await asyncio.to_thread(remote_model_format, source, override)
     except HubError as error:
-        if not reference.startswith("hf:"):  # `org/repo`: maybe a mistyped path rather than a repo
+        if not model.startswith("hf:") and preset_for(model) is None:  # `org/repo`: maybe a mistyped path
             raise failure_error(
                 ErrorCode.MODEL_LOADING_FAILURE,
-                f"{reference!r} is not a file or folder on this node, and as a Hugging Face repo: {error}",
+                f"{model!r} is not a file or folder on this node, and as a Hugging Face repo: {error}",
             ) from None
         code = ErrorCode.TRANSIENT if error.kind == "network" else ErrorCode.MODEL_LOADING_FAILURE
         raise failure_error(code, str(error)) from None
