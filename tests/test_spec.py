@@ -1,5 +1,7 @@
 """DeploymentSpec and SpecPatch: bad input is refused with a message that says what to change."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -59,3 +61,19 @@ def test_backoff_doubles_up_to_the_cap():
     # the first automatic restart is immediate, then the backoff doubles from backoff_initial_s
     assert [policy.backoff_s(n) for n in range(1, 9)] == [0, 1, 2, 4, 8, 16, 32, 60]
     assert [policy.backoff_s(n, immediate_first=False) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+@pytest.mark.parametrize(
+    "model, says",
+    [
+        ("https://host.example/", "does not end with a file name"),
+        ("hf:org/repo@", "empty revision"),
+        ("https://h.example/q.gguf#sha256=abc", "#sha256=<64 hex digits>"),
+    ],
+)
+def test_a_malformed_url_or_hub_reference_is_refused_with_the_spec(model, says):
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        DeploymentSpec(name="m", model=model)
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        DeploymentSpec(name="m", model="/m.gguf").patched(SpecPatch(model=model))
+    assert DeploymentSpec(name="m", model="hf:org/repo@v1:m.gguf").model == "hf:org/repo@v1:m.gguf"

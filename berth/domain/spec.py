@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from berth.domain.model_reference import BadModelReference, is_remote, parse_model_reference
+
 # Names end up in Traefik rules, file names and workflow ids: a DNS label, nothing else.
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_CONTEXT_SIZE = 1_048_576
@@ -19,6 +21,16 @@ def check_name(name: str) -> str:
             "starting and ending with a letter or digit (a DNS label), e.g. 'qwen-small'"
         )
     return name
+
+
+def check_model_reference(model: str) -> str:
+    """A URL or hf: reference must be well formed (a path or a preset is checked on the node)."""
+    if is_remote(model):
+        try:
+            parse_model_reference(model)
+        except BadModelReference as bad:
+            raise ValueError(str(bad)) from None
+    return model
 
 
 class RestartPolicy(BaseModel):
@@ -69,6 +81,11 @@ class DeploymentSpec(BaseModel):
     @classmethod
     def _name_is_dns_label(cls, name: str) -> str:
         return check_name(name)
+
+    @field_validator("model")
+    @classmethod
+    def _model_reference(cls, model: str) -> str:
+        return check_model_reference(model)
 
     @field_validator("env")
     @classmethod
