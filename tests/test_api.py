@@ -39,10 +39,17 @@ def eventually(check, timeout_s: float = 10, poll_s: float = 0.1):
 
 
 def listed(api: httpx.Client, status: str | None = None) -> dict[str, dict]:
-    params = {"status": status} if status else None
-    response = api.get("/v1/deployments", params=params)
-    assert response.status_code == 200, response.text
-    return {row["name"]: row for row in response.json()["deployments"]}
+    """Every row of the list, page after page."""
+    params = {"status": status} if status else {}
+    rows: dict[str, dict] = {}
+    while True:
+        response = api.get("/v1/deployments", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        rows.update((row["name"], row) for row in page["deployments"])
+        if not page["next_page_token"]:
+            return rows
+        params["page_token"] = page["next_page_token"]
 
 
 def assert_error(response: httpx.Response, status: int, code: str, *words: str) -> str:
@@ -236,6 +243,30 @@ async def test_bad_query_parameters_unknown_routes_and_methods(api):
     assert_error(api.get("/v1/deployments/x/logs", params={"tail": "many"}), 400, "invalid_request", "tail")
     assert_error(api.get("/v2/nothing"), 404, "not_found", "/docs")
     assert_error(api.delete("/v1/deployments"), 405, "method_not_allowed")
+    assert_error(api.get("/v1/deployments", params={"page_size": 0}), 400, "invalid_request", "page_size")
+    assert_error(api.get("/v1/deployments", params={"page_size": 100_000}), 400, "invalid_request", "page_size")
+    assert_error(api.get("/v1/deployments", params={"page_token": "not-a-token"}), 400, "invalid_request", "page_token")
+
+
+async def test_the_list_comes_a_page_at_a_time(stack, api, garbage_gguf, name):
+    names = [f"{name}-{i}" for i in range(3)]
+    for each in names:  # FAILED quickly, and listed while their workflows wait for a retry
+        assert api.post("/v1/deployments", json={"name": each, "model": str(garbage_gguf)}).status_code == 202
+    assert eventually(lambda: set(names) <= set(listed(api, "FAILED")), timeout_s=30)
+
+    seen, pages, token = [], 0, None
+    while True:
+        params = {"status": "FAILED", "page_size": 1} | ({"page_token": token} if token else {})
+        page = api.get("/v1/deployments", params=params).json()
+        assert len(page["deployments"]) <= 1 and set(page) == {"deployments", "next_page_token"}
+        seen += [row["name"] for row in page["deployments"]]
+        pages += 1
+        if not (token := page["next_page_token"]):
+            break
+    assert set(names) <= set(seen) and len(seen) == len(set(seen)) and pages >= 3
+    assert seen == list(listed(api, "FAILED")), "pages of 1 follow the order of one big page"
+    for each in names:
+        api.post(f"/v1/deployments/{each}/stop")
 
 
 # ---- auth ------------------------------------------------------------------------------------------

@@ -46,3 +46,20 @@ def test_write_route_is_atomic_and_idempotent(tmp_path):
     assert path.stat().st_mtime_ns == first, "an unchanged route is not rewritten"
     assert yaml.safe_load(path.read_text())["http"]["services"]["berth-qwen"]
     assert [p.name for p in tmp_path.iterdir()] == ["qwen.yml"], "no temp files left"
+
+
+def test_a_dead_engine_is_marked_down_and_a_down_one_is_asked_again_soon():
+    """Traefik marks a server down at its next check (interval) and asks a down one again every
+    unhealthyInterval: that one bounds how long the gateway lags an engine that was still loading
+    when a check came, so it is kept well under a second."""
+    config = route_config(RouteRequest(deployment="q", port=1, engine="llamacpp"), "/health", None)
+    check = config["http"]["services"]["berth-q"]["loadBalancer"]["healthCheck"]
+    seconds = {"ms": 0.001, "s": 1.0}
+
+    def duration(text: str) -> float:
+        number = text.rstrip("ms")
+        return float(number) * seconds[text[len(number):]]
+
+    assert duration(check["interval"]) <= 10
+    assert duration(check["unhealthyInterval"]) <= 0.2
+    assert duration(check["timeout"]) < duration(check["interval"])

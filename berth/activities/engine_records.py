@@ -4,12 +4,12 @@ One JSON file per instance under $BERTH_HOME/run/, written atomically (temp file
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
+
+from berth.atomic_write import write_atomically
 
 
 class EngineRecord(BaseModel):
@@ -27,18 +27,6 @@ class EngineRecord(BaseModel):
     stopped_by_shutdown: bool = False  # `berth up` stopped it on its way down: relaunch, no failure
     runtime: Literal["process", "container"] = "process"
     container_id: str | None = None  # container runtime: the Docker container
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EngineRecords:

@@ -14,7 +14,8 @@ from temporalio import activity
 
 from berth.activities.failures import failure_error
 from berth.activities.hardware import probe_hardware
-from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
+from berth.activities.model_facts import ModelFilesUnreadable
+from berth.activities.model_facts_cache import cached_model_facts
 from berth.domain.errors import ErrorCode
 from berth.domain.memory import plan_resources as plan
 from berth.domain.memory import ResourcePlan
@@ -47,7 +48,7 @@ def plan_for(request: PlanRequest) -> ResourcePlan | None:
     engine itself is the authority on what is wrong with the file (its own log line is the
     evidence the user gets, classified as MODEL_LOADING_FAILURE)."""
     try:
-        facts = read_model_facts(request.model_path)
+        facts = cached_model_facts(request.model_path)
     except (ModelFilesUnreadable, OSError) as unreadable:
         log.info("no memory plan for %s: %s", request.model_path, unreadable)
         return None

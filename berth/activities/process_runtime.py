@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,8 @@ def exit_status(exit_file: Path) -> ExitStatus:
 
 def group_members(wrapper_pid: int) -> list[psutil.Process]:
     """Live processes of the engine's process group (its pgid is the wrapper's pid)."""
+    if not group_exists(wrapper_pid):
+        return []
     members = []
     for process in psutil.process_iter(["pid"]):
         try:
@@ -141,8 +144,25 @@ def group_members(wrapper_pid: int) -> list[psutil.Process]:
     return members
 
 
+def group_exists(pgid: int) -> bool:
+    """Whether any process, a zombie included, is in the group: one syscall, no scan of the machine."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stop_group(wrapper_pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM the whole group, SIGKILL what is left after the grace period. Idempotent."""
+    """SIGTERM the whole group, SIGKILL what is left after the grace period. Idempotent.
+
+    The machine's process table is scanned once to learn the group's members; while waiting, only
+    those are looked at (and the kernel asked whether the group is empty: killpg with signal 0),
+    with one more scan to confirm when they are all gone or zombies nobody reaps (the wrappers
+    of a worker that has exited). Scanning every process every 50 ms made stopping O(processes)
+    per engine: stopping 50 took 9-18 s."""
     if wrapper_pid <= 0:
         return  # no group of ours (a container's record); killpg(0) would signal our own group
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
@@ -150,26 +170,32 @@ def stop_group(wrapper_pid: int, grace_s: float = 10.0) -> None:
             os.killpg(wrapper_pid, sig)
         except (ProcessLookupError, PermissionError):
             break
+        members = group_members(wrapper_pid)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             reap(wrapper_pid)
-            if not group_members(wrapper_pid):
-                reap(wrapper_pid)
+            if not group_exists(wrapper_pid):
                 return
-            time.sleep(0.05)
+            if all(_ended(member) for member in members):
+                members = group_members(wrapper_pid)
+                if not members:
+                    reap(wrapper_pid)
+                    return
+            time.sleep(0.02)
     reap(wrapper_pid)
+
+
+def _ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def find_marked(instance_id: str) -> list[psutil.Process]:
     """Processes started for this instance, found by the marker in their environment."""
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get(INSTANCE_MARKER) == instance_id:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
-    return found
+    marker = _MARKER_PREFIX + instance_id.encode()
+    return [process for process, env in _marked_environments() if marker in env]
 
 
 def kill_processes(processes: list[psutil.Process]) -> None:
@@ -186,13 +212,57 @@ def kill_processes(processes: list[psutil.Process]) -> None:
 
 def marked_processes(home: str) -> list[psutil.Process]:
     """Live processes started by berth for any instance of the node whose $BERTH_HOME is `home`."""
+    home_entry = f"BERTH_HOME={home}".encode()
     found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            env = process.environ()
-            if INSTANCE_MARKER in env and env.get("BERTH_HOME") == home:
+    for process, env in _marked_environments():
+        if home_entry in env:
+            try:
                 if process.status() != psutil.STATUS_ZOMBIE:
                     found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
+            except psutil.Error:
+                continue
     return found
+
+
+def instance_of(process: psutil.Process) -> str | None:
+    """The instance a marked process was started for."""
+    try:
+        return process.environ().get(INSTANCE_MARKER)
+    except (psutil.Error, OSError):
+        return None
+
+
+_MARKER_PREFIX = f"{INSTANCE_MARKER}=".encode()
+
+
+def _marked_environments() -> Iterator[tuple[psutil.Process, set[bytes]]]:
+    """Every process of the machine that carries an instance marker, with its environment as a
+    set of raw `NAME=value` entries.
+
+    On Linux straight from /proc/PID/environ: bytes, no decoding into a dict, and unmarked
+    processes skipped by one substring test (~5x cheaper than psutil's environ(), which matters
+    because every process of the machine is looked at). Elsewhere (macOS) through psutil."""
+    if not os.path.isdir("/proc/self"):
+        for process in psutil.process_iter(["pid"]):
+            try:
+                env = process.environ()
+            except (psutil.Error, OSError):
+                continue
+            if INSTANCE_MARKER in env:
+                yield process, {f"{name}={value}".encode() for name, value in env.items()}
+        return
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            continue
+        if _MARKER_PREFIX not in raw:
+            continue
+        try:
+            process = psutil.Process(int(name))
+        except psutil.Error:
+            continue
+        yield process, set(raw.split(b"\0"))

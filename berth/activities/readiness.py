@@ -10,10 +10,10 @@ gateway's route too.
 
 import time
 
-import httpx
 from temporalio import activity
 
 from berth.activities.engine_watch import EngineView
+from berth.activities.probe_client import probe_client
 from berth.api_token import load_api_token
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import AWAIT_READY, EngineOutcome, ReadyRequest
@@ -41,33 +41,32 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
     unhealthy = 0
     token = load_api_token(settings)  # the gateway's route asks for it
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0), headers=headers) as client:
-        while True:
-            view = EngineView.of(handle)
-            if view.stopped_by_shutdown:
-                return EngineOutcome(node_shutdown=True)
-            if not view.alive():
-                return EngineOutcome(failure=view.exit_failure())
-            last_seen = await engine.probe(client, probe_urls[0])
-            direct = len(probe_urls) == 2
-            unhealthy = unhealthy + 1 if direct and last_seen is Readiness.UNHEALTHY else 0
-            if unhealthy >= UNHEALTHY_PROBES:
-                return EngineOutcome(
-                    failure=view.unhealthy_failure("the engine is running but its health check says it is broken")
-                )
-            now = time.time()
-            if last_seen is Readiness.READY and now < deadline:
-                if len(probe_urls) == 1:
-                    return EngineOutcome(ready=True)
-                probe_urls.pop(0)
-                continue
-            if now >= deadline:  # ready only counts when seen within the budget
-                where = "its health check" if len(probe_urls) == 2 else "the gateway's route to it"
-                return EngineOutcome(failure=_timeout(view, request.startup_timeout_s, where, last_seen))
-            if now - last_heartbeat >= HEARTBEAT_S:
-                activity.heartbeat(last_seen.value)
-                last_heartbeat = now
-            await view.wait_for_exit(min(POLL_S, deadline - now))
+    while True:
+        view = EngineView.of(handle)
+        if view.stopped_by_shutdown:
+            return EngineOutcome(node_shutdown=True)
+        if not view.alive():
+            return EngineOutcome(failure=view.exit_failure())
+        last_seen = await engine.probe(probe_client(headers), probe_urls[0])
+        direct = len(probe_urls) == 2
+        unhealthy = unhealthy + 1 if direct and last_seen is Readiness.UNHEALTHY else 0
+        if unhealthy >= UNHEALTHY_PROBES:
+            return EngineOutcome(
+                failure=view.unhealthy_failure("the engine is running but its health check says it is broken")
+            )
+        now = time.time()
+        if last_seen is Readiness.READY and now < deadline:
+            if len(probe_urls) == 1:
+                return EngineOutcome(ready=True)
+            probe_urls.pop(0)
+            continue
+        if now >= deadline:  # ready only counts when seen within the budget
+            where = "its health check" if len(probe_urls) == 2 else "the gateway's route to it"
+            return EngineOutcome(failure=_timeout(view, request.startup_timeout_s, where, last_seen))
+        if now - last_heartbeat >= HEARTBEAT_S:
+            activity.heartbeat(last_seen.value)
+            last_heartbeat = now
+        await view.wait_for_exit(min(POLL_S, deadline - now))
 
 
 def _timeout(view: EngineView, budget_s: float, where: str, last_seen: Readiness) -> Failure:

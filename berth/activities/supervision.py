@@ -6,10 +6,10 @@ node, re-adopting the same engine.
 
 import time
 
-import httpx
 from temporalio import activity
 
 from berth.activities.engine_watch import EngineView
+from berth.activities.probe_client import probe_client
 from berth.domain.pipeline import SUPERVISE, EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
@@ -24,22 +24,21 @@ async def supervise(handle: EngineHandle) -> EngineOutcome:
     base_url = f"http://127.0.0.1:{handle.port}"
     since = time.time()
     failed_probes: list[Readiness] = []
-    async with httpx.AsyncClient(timeout=httpx.Timeout(HEALTH_INTERVAL_S, connect=2.0)) as client:
-        while True:
-            view = EngineView.of(handle)
-            served_s = time.time() - since
-            if view.stopped_by_shutdown:
-                return EngineOutcome(node_shutdown=True, served_s=served_s)
-            if not view.alive():
-                return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
-            readiness = await engine.probe(client, base_url, after_ready=True)
-            if readiness is Readiness.READY:
-                failed_probes.clear()
-            else:
-                failed_probes.append(readiness)
-                if len(failed_probes) >= UNHEALTHY_PROBES:
-                    seen = ", ".join(probe.value.lower() for probe in failed_probes)
-                    message = f"the engine is running but stopped answering its health check ({seen})"
-                    return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
-            activity.heartbeat(served_s)
-            await view.wait_for_exit(HEALTH_INTERVAL_S)
+    while True:
+        view = EngineView.of(handle)
+        served_s = time.time() - since
+        if view.stopped_by_shutdown:
+            return EngineOutcome(node_shutdown=True, served_s=served_s)
+        if not view.alive():
+            return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
+        readiness = await engine.probe(probe_client(), base_url, after_ready=True)
+        if readiness is Readiness.READY:
+            failed_probes.clear()
+        else:
+            failed_probes.append(readiness)
+            if len(failed_probes) >= UNHEALTHY_PROBES:
+                seen = ", ".join(probe.value.lower() for probe in failed_probes)
+                message = f"the engine is running but stopped answering its health check ({seen})"
+                return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
+        activity.heartbeat(served_s)
+        await view.wait_for_exit(HEALTH_INTERVAL_S)

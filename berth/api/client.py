@@ -2,17 +2,21 @@
 
 Errors are two exceptions with a one-line message each: ApiUnreachable (no API answers: is
 `berth up` running?) and ApiRequestError (the API said no: 4xx/5xx with its code and message).
+
+httpx is imported when a BerthApi is made: `berth up` imports this module through the CLI and
+never talks to the API itself, so it does not carry httpx (and the rich console it pulls in).
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
-
-import httpx
 
 from berth.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.server import api_url
 from berth.settings import Settings
+
+
+LIST_PAGE_SIZE = 500  # rows per request when listing everything: few round trips, each quick
 
 
 class ApiUnreachable(Exception):
@@ -30,8 +34,12 @@ class BerthApi:
         self.base_url = base_url
         self.token = token
         self.token_hint = token_hint or f"set {TOKEN_ENV}, or run `berth up` once to create $BERTH_HOME/api-token"
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        # plain HTTP (the local API) needs no TLS context: loading the CA bundle costs 30-90 ms
+        verify = base_url.startswith("https:")
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, verify=verify)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "BerthApi":
@@ -49,8 +57,20 @@ class BerthApi:
         return self._call("POST", "/v1/deployments", json=spec)
 
     def list(self, status: str | None = None) -> list[dict]:
-        params = {"status": status} if status else None
-        return self._call("GET", "/v1/deployments", params=params)["deployments"]
+        """Every deployment (optionally of one status): the API answers a page at a time, this
+        follows `next_page_token` to the last page."""
+        return [row for page in self.list_pages(status) for row in page["deployments"]]
+
+    def list_pages(self, status: str | None = None, page_size: int = LIST_PAGE_SIZE) -> Iterator[dict]:
+        params: dict[str, str | int] = {"page_size": page_size}
+        if status:
+            params["status"] = status
+        while True:
+            page = self._call("GET", "/v1/deployments", params=params)
+            yield page
+            if not page.get("next_page_token"):
+                return
+            params["page_token"] = page["next_page_token"]
 
     def get(self, name: str) -> dict:
         return self._call("GET", f"/v1/deployments/{name}")
@@ -70,6 +90,8 @@ class BerthApi:
     # ---- plumbing -------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout):

@@ -3,11 +3,17 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
-from pydantic import BaseModel
 
 from berth.api.dependencies import deployments, require_token
 from berth.api.errors import ERROR_RESPONSES
-from berth.api.facade import MAX_TAIL, DeploymentLogs, Deployments, DeploymentSummary
+from berth.api.facade import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    MAX_TAIL,
+    DeploymentLogs,
+    DeploymentPage,
+    Deployments,
+)
 from berth.domain.spec import DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
@@ -20,10 +26,6 @@ router = APIRouter(
 )
 
 Facade = Annotated[Deployments, Depends(deployments)]
-
-
-class DeploymentList(BaseModel):
-    deployments: list[DeploymentSummary]
 
 
 @router.post(
@@ -39,13 +41,17 @@ async def deploy(spec: DeploymentSpec, facade: Facade) -> DeploymentState:
     return await facade.deploy(spec)
 
 
-@router.get("", response_model=DeploymentList, summary="List deployments")
+@router.get("", response_model=DeploymentPage, summary="List deployments, a page at a time")
 async def list_deployments(
     facade: Facade,
     status: Annotated[DeploymentStatus | None, Query(description="only deployments in this status")] = None,
-) -> DeploymentList:
-    """From Temporal's visibility store (search attributes), which trails changes by about a second."""
-    return DeploymentList(deployments=await facade.list(status))
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="at most this many rows")] = DEFAULT_PAGE_SIZE,
+    page_token: Annotated[str | None, Query(description="`next_page_token` of the previous page")] = None,
+) -> DeploymentPage:
+    """From Temporal's visibility store (search attributes), which trails changes by about a second.
+    Running deployments first, newest first, then stopped ones. Follow `next_page_token` until it is
+    null; a page may hold fewer than `page_size` rows (older runs of a redeployed name are left out)."""
+    return await facade.list(status, page_size, page_token)
 
 
 @router.get("/{name}", response_model=DeploymentState, summary="A deployment's state")

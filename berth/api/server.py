@@ -6,8 +6,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-import httpx
-
+from berth.http_check import answers_ok
 from berth.settings import Settings
 
 API_HOST = "127.0.0.1"
@@ -24,10 +23,7 @@ def api_url(settings: Settings) -> str:
 
 
 def api_ready(settings: Settings) -> bool:
-    try:
-        return httpx.get(f"{api_url(settings)}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return answers_ok(f"{api_url(settings)}/healthz")
 
 
 def main() -> None:

@@ -4,10 +4,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import httpx
 import yaml
 
-from berth.activities.engine_records import write_atomically
+from berth.atomic_write import write_atomically
+from berth.http_check import answers_ok
 from berth.settings import Settings
 
 
@@ -44,7 +44,4 @@ def gateway_argv(settings: Settings) -> list[str]:
 
 
 def gateway_ready(settings: Settings) -> bool:
-    try:
-        return httpx.get(f"{settings.gateway_url}/ping", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return answers_ok(f"{settings.gateway_url}/ping")

@@ -6,21 +6,27 @@ import os
 import signal
 from datetime import timedelta
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
 from berth.activities.planning import plan_resources
+from berth.activities.probe_client import close_probe_clients
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.reconcile import Reconciler
 from berth.activities.routing import configure_route, remove_route, write_gateway_config
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
-from berth.settings import CONTROL_TASK_QUEUE, Settings
+from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
 from berth.worker.fault_injection import KillWorkerInterceptor
+from berth.worker.worker_ready import announce_ready, withdraw_ready
 from berth.temporal_connection import connect
 from berth.workflows.deployment import DeploymentWorkflow
 
@@ -82,9 +88,42 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         interceptors=[KillWorkerInterceptor(settings.home)] if fault_injection.enabled() else [],
     )
     reconciler = Reconciler(client, settings)
-    async with control, node:
-        logging.info("berth worker polling %s and %s", CONTROL_TASK_QUEUE, settings.node_queue)
-        await reconciler.run_forever(reconcile_interval_s(), stop)
+    try:
+        async with control, node:
+            announcing = asyncio.create_task(announce_when_polling(client, settings, stop))
+            await reconciler.run_forever(reconcile_interval_s(), stop)
+            announcing.cancel()
+    finally:
+        withdraw_ready(settings)
+        await close_probe_clients()
+
+
+async def polling(client: Client, settings: Settings) -> bool:
+    """Temporal lists this process as a poller of both of its queues (workflows on `berth`,
+    activities on the node's queue): what makes a deployment move."""
+    for queue, kind in (
+        (CONTROL_TASK_QUEUE, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+        (settings.node_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
+    ):
+        response = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(namespace=NAMESPACE, task_queue=TaskQueue(name=queue), task_queue_type=kind)
+        )
+        if not any(poller.identity == client.identity for poller in response.pollers):
+            return False
+    return True
+
+
+async def announce_when_polling(client: Client, settings: Settings, stop: asyncio.Event) -> None:
+    """Tell `berth up` (berth.worker.worker_ready) once Temporal sees this worker polling."""
+    while not stop.is_set():
+        try:
+            if await polling(client, settings):
+                announce_ready(settings)
+                logging.info("berth worker polling %s and %s", CONTROL_TASK_QUEUE, settings.node_queue)
+                return
+        except Exception as error:  # noqa: BLE001 - Temporal not answering yet: ask again
+            logging.debug("not polling yet: %s", error)
+        await asyncio.sleep(0.05)
 
 
 def main() -> None:

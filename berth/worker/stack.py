@@ -5,6 +5,12 @@ the berth worker and the REST API start together; `up` waits until each one answ
 everything is, restarts a piece that dies (a bounded number of times), and on Ctrl-C/SIGTERM stops
 everything it started, engines included. Deployments live in Temporal: the next `berth up` brings
 them back.
+
+`berth up` only starts, checks and stops processes, so it imports nothing heavy: no temporalio (the
+worker says when it polls: berth.worker.worker_ready), no FastAPI, no Docker SDK. Its children
+are spawned before anything else is imported, so that their own start-up (imports, Temporal's
+SQLite) runs while this one waits. What stops the engines at the end (berth.activities.launch,
+which needs the Docker SDK) is imported on the way down, while the worker is stopping.
 """
 
 import asyncio
@@ -12,21 +18,16 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
-
-from berth.activities.launch import stop_all_for_node_shutdown
 from berth.api_token import TOKEN_ENV, ensure_api_token, token_path
 from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
-from berth.temporal_connection import connect
 from berth.worker.gateway import gateway_argv, gateway_ready
 from berth.worker.processes import ManagedProcess
 from berth.worker.temporal_server import temporal_argv, temporal_answers
+from berth.worker.worker_ready import worker_ready
 
 START_TIMEOUT_S = 60
 MAX_RESTARTS_PER_MINUTE = 5
@@ -49,7 +50,6 @@ class Stack:
         self.api = ManagedProcess("api", [sys.executable, "-m", "berth.api.server"], logs / "api.log")
         self.processes = [self.temporal, self.gateway, self.worker, self.api]
         self._restart_times: dict[str, list[float]] = {}
-        self.client: Client | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -63,9 +63,9 @@ class Stack:
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers
         await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
-        self.client = await self._connect()
         await self._wait("Traefik", lambda: gateway_ready(self.settings), self.gateway)
-        await self._wait_worker_polling()
+        # the worker connects to Temporal and waits until Temporal lists it polling both queues
+        await self._wait("the berth worker", lambda: worker_ready(self.settings, self.worker.pid), self.worker)
         await self._wait("the berth API", lambda: api_ready(self.settings), self.api)
         return time.monotonic() - started
 
@@ -97,44 +97,6 @@ class Stack:
             if time.monotonic() > deadline:
                 raise StackError(f"{what} did not answer within {START_TIMEOUT_S} s; see {process.log_path}")
             await asyncio.sleep(0.02)
-
-    async def _connect(self) -> Client:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                return await connect(self.settings)
-            except RuntimeError:
-                if time.monotonic() > deadline or not self.temporal.running():
-                    raise StackError(f"Temporal does not accept clients; see {self.temporal.log_path}")
-                await asyncio.sleep(0.05)
-
-    async def worker_polling(self) -> bool:
-        """Both of the worker's queues have a poller with the worker process's identity."""
-        identity = f"{self.worker.pid}@{socket.gethostname()}"
-        for queue, kind in (
-            (CONTROL_TASK_QUEUE, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
-            (self.settings.node_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
-        ):
-            response = await self.client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=NAMESPACE, task_queue=TaskQueue(name=queue), task_queue_type=kind
-                )
-            )
-            if not any(poller.identity == identity for poller in response.pollers):
-                return False
-        return True
-
-    async def _wait_worker_polling(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not await self.worker_polling():
-            if not self.worker.running():
-                raise StackError(
-                    f"the berth worker exited with status {self.worker.exit_code()}; "
-                    f"its log ({self.worker.log_path}) ends with:\n{self.worker.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise StackError(f"the berth worker did not start polling; see {self.worker.log_path}")
-            await asyncio.sleep(0.05)
 
     def print_summary(self, took_s: float) -> None:
         s = self.settings
@@ -182,13 +144,23 @@ class Stack:
 
     def shutdown(self) -> None:
         """API, then worker (so that no activity sees its engine die), then engines, router, Temporal."""
+        importing = _import_in_background("berth.activities.launch")  # while the worker stops
         self.api.stop()
         self.worker.stop(grace_s=10)
+        importing.join()
+        from berth.activities.launch import stop_all_for_node_shutdown
+
         stopped = stop_all_for_node_shutdown(self.settings)
         if stopped:
             self.say(f"berth: stopped {stopped} engine(s); their deployments come back on the next `berth up`")
         self.gateway.stop()
         self.temporal.stop()
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    thread = threading.Thread(target=__import__, args=(module,), daemon=True)
+    thread.start()
+    return thread
 
 
 async def run_stack(settings: Settings, on_ready=None) -> int:
