@@ -43,10 +43,7 @@ def stack(tmp_path_factory):
         },
     ).start()
     yield running
-    code = running.stop()
-    leftovers = running.leftovers()
-    for process in leftovers:
-        process.kill()
+    code, leftovers = running.stop_and_reap()
     assert code == 0, "berth up did not exit cleanly:\n" + "".join(running.output)
     assert not leftovers, f"processes left behind by the stack: {leftovers}"
 

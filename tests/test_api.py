@@ -187,6 +187,9 @@ BAD_SPECS = [
     pytest.param({"gpu_count": 1}, "gpu_count", id="unknown-field"),
     pytest.param({"model": None}, "model", id="no-model"),
     pytest.param({"startup_timeout_s": -3}, "startup_timeout_s", id="negative-timeout"),
+    pytest.param({"model": "https://host.example/"}, "model", id="url-without-file"),
+    pytest.param({"model": "hf:org/repo@"}, "model", id="hub-empty-revision"),
+    pytest.param({"model": "https://h.example/m.gguf#sha256=123"}, "model", id="bad-sha256"),
 ]
 
 

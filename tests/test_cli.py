@@ -166,10 +166,7 @@ def test_model_names_local_paths_and_engine_choices(tmp_path, monkeypatch):
 def fresh_stack(tmp_path, tiny_gguf):
     running = RunningStack(tmp_path / "fresh-home")
     yield running
-    code = running.stop()
-    leftovers = running.leftovers()
-    for process in leftovers:
-        process.kill()
+    code, leftovers = running.stop_and_reap()
     assert code == 0, "".join(running.output)
     assert not leftovers, leftovers
 

@@ -40,8 +40,5 @@ async def test_history_stays_bounded_across_restarts(tmp_path, tiny_gguf):
         assert state.attempts == kills
         assert len(engine_processes(stack.home, "flappy")) == 1
     finally:
-        stack.stop()
-        leftovers = stack.leftovers()
-        for process in leftovers:
-            process.kill()
+        _, leftovers = stack.stop_and_reap()
     assert not leftovers

@@ -73,10 +73,7 @@ def sources_stack(tmp_path_factory, hub):
     home = tmp_path_factory.mktemp("berth-sources")
     running = RunningStack(home, extra_env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}).start()
     yield running
-    code = running.stop()
-    leftovers = running.leftovers()
-    for process in leftovers:
-        process.kill()
+    code, leftovers = running.stop_and_reap()
     assert code == 0, "berth up did not exit cleanly:\n" + "".join(running.output)
     assert not leftovers, f"processes left behind: {leftovers}"
 

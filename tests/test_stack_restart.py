@@ -39,8 +39,5 @@ async def test_deployments_survive_a_restart_of_the_stack(tmp_path, tiny_gguf):
         response = stack.chat("survivor")
         assert response.status_code == 200
     finally:
-        stack.stop()
-        leftovers = stack.leftovers()
-        for process in leftovers:
-            process.kill()
+        _, leftovers = stack.stop_and_reap()
     assert not leftovers

@@ -118,9 +118,6 @@ async def test_deployments_keep_their_state_and_keep_serving_through_a_temporal_
         beta = await deployment_state(client, "beta")
         assert beta.status is S.DEPLOYED and beta.pid == before["beta"].pid
     finally:
-        code = stack.stop()
-        leftovers = stack.leftovers()
-        for process in leftovers:
-            process.kill()
+        code, leftovers = stack.stop_and_reap()
     assert code == 0, "berth up did not exit cleanly:\n" + "".join(stack.output)
     assert not leftovers, f"processes left behind: {leftovers}"

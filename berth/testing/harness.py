@@ -122,6 +122,15 @@ class RunningStack:
             self.process.kill()
             return self.process.wait(10)
 
+    def stop_and_reap(self) -> tuple[int, list[psutil.Process]]:
+        """Stop `berth up`; kill whatever it left behind. Its exit status, and what was left (a test
+        asserts both are clean)."""
+        code = self.stop()
+        leftovers = self.leftovers()
+        for process in leftovers:
+            process.kill()
+        return code, leftovers
+
     def leftovers(self) -> list[psutil.Process]:
         exclude = {self.process.pid} if self.process and self.process.poll() is None else set()
         return processes_with_home(self.home, exclude=exclude)

@@ -172,10 +172,7 @@ async def record(out_dir: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Pat
                 written[kind] = path
                 print(f"{kind}: {len(history.events)} events, {path.stat().st_size} bytes -> {path}", flush=True)
         finally:
-            stack.stop()
-            leftovers = stack.leftovers()
-            for process in leftovers:
-                process.kill()
+            _, leftovers = stack.stop_and_reap()
             if leftovers:
                 print(f"warning: killed processes the stack left behind: {leftovers}", file=sys.stderr)
     return written
