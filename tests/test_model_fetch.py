@@ -1,6 +1,7 @@
 """The cache decisions of berth.models.fetch: present (no network), gone (MUST_REDOWNLOAD or fetch
 again), offline, against the real huggingface_hub and a local fake hub."""
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -108,3 +109,12 @@ async def test_a_download_that_cannot_fit_on_the_disk_is_refused_before_it_start
     assert not url_refused.value.retryable
     written = [p.name for p in (tmp_path / "url").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert not written
+
+
+async def test_a_cached_url_is_checked_against_a_sha256_given_later(hub, tmp_path):
+    plain = f"{hub.url}/org/m-GGUF/resolve/main/m-Q8_0.gguf"
+    fetched, _ = await fetch(parse_url(plain), tmp_path, want_format=None)
+    right = hashlib.sha256(GGUF + b"8").hexdigest()
+    assert (await fetch(parse_url(f"{plain}#sha256={right}"), tmp_path))[0] == fetched
+    with pytest.raises(FetchFailed, match=f"expected {'2' * 64}, got {right}"):
+        await fetch(parse_url(f"{plain}#sha256={'2' * 64}"), tmp_path)

@@ -87,3 +87,13 @@ async def test_an_unreachable_host_is_a_network_error(tmp_path):
     with pytest.raises(DownloadError) as unreachable:
         await download_url(parse_url("http://127.0.0.1:9/m.gguf"), tmp_path / "m.gguf", lambda _: None)
     assert unreachable.value.kind == "network"
+
+
+async def test_two_deployments_of_one_url_download_it_once(server, tmp_path):
+    server.clear_requests()
+    target = tmp_path / "m.gguf"
+    first, second = await asyncio.gather(
+        download_url(url(server), target, lambda _: None), download_url(url(server), target, lambda _: None)
+    )
+    assert first == second and first.path.read_bytes() == DATA
+    assert len([r for r in server.requests if r.method == "GET"]) == 1

@@ -112,6 +112,13 @@ async def _fetch_url(
     fmt = format_of_name(reference.file_name) or "unknown"
     usable = _usable(manifest, reference.url, may_refetch, offline=False)
     if usable is not None:
+        recorded = manifest.files[0].sha256 if manifest.files else None
+        if reference.sha256 and recorded != reference.sha256:
+            raise FetchFailed(
+                f"{reference.url}: sha256 mismatch: expected {reference.sha256}, got {recorded} (the copy "
+                f"downloaded before, {usable.path}). Check the expected hash; to fetch the file again, "
+                "delete that copy and retry"
+            )
         return usable
     target = url_target(reference, models_dir)
     manifest = ModelManifest(

@@ -62,6 +62,10 @@ async def download_url(
     """`reference` fetched to `target` (resuming a partial one). Raises DownloadError."""
     target.parent.mkdir(parents=True, exist_ok=True)
     async with _exclusive(target):
+        if target.exists() and not partial_path(target).exists():
+            # whole already: another deployment fetched it while this one waited for the lock (only
+            # whole files are ever renamed into place)
+            return await asyncio.to_thread(_already_whole, reference, target)
         if client is None:
             async with _new_client() as own_client:
                 return await _download(reference, target, on_progress, own_client)
@@ -134,6 +138,17 @@ async def _download(
         )
     os.replace(part, target)
     return DownloadedFile(path=target, size=done, sha256=sha256)
+
+
+def _already_whole(reference: UrlReference, target: Path) -> DownloadedFile:
+    size = target.stat().st_size
+    digest = _hash_prefix(target, size).hexdigest()
+    if reference.sha256 and digest != reference.sha256:
+        target.unlink(missing_ok=True)
+        raise DownloadError(
+            "checksum", f"{target} (from {reference.url}): sha256 mismatch: expected {reference.sha256}, got {digest}"
+        )
+    return DownloadedFile(path=target, size=size, sha256=digest)
 
 
 def _raise_for_status(reference: UrlReference, response: httpx.Response) -> None:
