@@ -14,19 +14,11 @@ from berth.api.facade import Deployments
 from berth.api_token import ensure_api_token, load_api_token
 from berth.domain.temporal_names import workflow_id
 from berth.settings import Settings
-from berth.testing.harness import engine_processes
+from berth.testing.harness import engine_processes, wait_for_api_status
 
 FINAL = {"DEPLOYED", "STOPPED", "FAILED", "MUST_REDOWNLOAD"}
 
 
-def wait_status(api: httpx.Client, name: str, statuses: set[str], timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = api.get(f"/v1/deployments/{name}").json()
-        if state["status"] in statuses or time.monotonic() > deadline:
-            assert state["status"] in statuses, state
-            return state
-        time.sleep(0.05)
 
 
 def eventually(check, timeout_s: float = 10, poll_s: float = 0.1):
@@ -85,7 +77,7 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
 
     assert_error(api.post("/v1/deployments", json=spec), 409, "conflict", name, "already exists")
 
-    state = wait_status(api, name, FINAL)
+    state = wait_for_api_status(api, name, FINAL)
     assert state["status"] == "DEPLOYED", state["error"]
     assert state["engine"] == "llamacpp" and state["endpoint"].endswith(f"/models/{name}/v1")
     assert stack.chat(name).status_code == 200
@@ -105,7 +97,7 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
 
     stopping = api.post(f"/v1/deployments/{name}/stop")
     assert stopping.status_code == 202, stopping.text
-    stopped = wait_status(api, name, {"STOPPED"})
+    stopped = wait_for_api_status(api, name, {"STOPPED"})
     assert stopped["endpoint"] is None and stopped["pid"] is None
     assert not engine_processes(stack.home, name)
     assert not (stack.settings.routes_dir / f"{name}.yml").exists()
@@ -117,17 +109,17 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
     # a STOPPED name may be deployed again: the old run no longer speaks for the name
     again = api.post("/v1/deployments", json=spec)
     assert again.status_code == 202, again.text
-    assert wait_status(api, name, FINAL)["status"] == "DEPLOYED"
+    assert wait_for_api_status(api, name, FINAL)["status"] == "DEPLOYED"
     assert eventually(lambda: name in listed(api, "DEPLOYED"))
     assert name not in listed(api, "STOPPED")
     assert listed(api)[name]["status"] == "DEPLOYED"
     api.post(f"/v1/deployments/{name}/stop")
-    wait_status(api, name, {"STOPPED"})
+    wait_for_api_status(api, name, {"STOPPED"})
 
 
 async def test_failed_deployment_shows_its_reason_and_log_issues(stack, api, garbage_gguf, name):
     assert api.post("/v1/deployments", json={"name": name, "model": str(garbage_gguf)}).status_code == 202
-    state = wait_status(api, name, FINAL)
+    state = wait_for_api_status(api, name, FINAL)
     assert state["status"] == "FAILED"
     assert state["error"]["code"] == "MODEL_LOADING_FAILURE" and state["error"]["guidance"]
 
@@ -138,12 +130,12 @@ async def test_failed_deployment_shows_its_reason_and_log_issues(stack, api, gar
         assert logs["lines"][issue["line"]] == issue["text"]
     assert eventually(lambda: name in listed(api, "FAILED"))
     api.post(f"/v1/deployments/{name}/stop")
-    wait_status(api, name, {"STOPPED"})
+    wait_for_api_status(api, name, {"STOPPED"})
 
 
 async def test_retry_checks_the_patch_before_signalling(stack, api, tiny_gguf, name):
     api.post("/v1/deployments", json={"name": name, "model": str(tiny_gguf)})
-    before = wait_status(api, name, FINAL)
+    before = wait_for_api_status(api, name, FINAL)
     assert before["status"] == "DEPLOYED"
 
     for patch, field in (
@@ -168,7 +160,7 @@ async def test_retry_checks_the_patch_before_signalling(stack, api, tiny_gguf, n
     )
     assert redeployed and redeployed["spec"]["context_size"] == 256
     api.post(f"/v1/deployments/{name}/stop")
-    wait_status(api, name, {"STOPPED"})
+    wait_for_api_status(api, name, {"STOPPED"})
 
 
 # ---- bad input: a 4xx that says what to change, and nothing created ---------------------------------

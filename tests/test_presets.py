@@ -19,6 +19,7 @@ from berth.activities.selection import model_format_of
 from berth.api.cli import model_reference, name_from_model
 from berth.domain.pipeline import PrepareFilesInput
 from berth.domain.spec import NAME_PATTERN
+from berth.testing.harness import wait_for_api_status
 from berth.presets import (
     GEMMA3_270M,
     PRESETS,
@@ -202,25 +203,15 @@ async def test_prepare_files_failures_are_model_loading_failures(tmp_path, monke
 # ---- through the real stack ----------------------------------------------------------------------
 
 
-def wait_status(api: httpx.Client, name: str, statuses: set[str], timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = api.get(f"/v1/deployments/{name}").json()
-        if state["status"] in statuses or time.monotonic() > deadline:
-            assert state["status"] in statuses, state
-            return state
-        time.sleep(0.05)
-
-
 def stop(api: httpx.Client, name: str) -> None:
     api.post(f"/v1/deployments/{name}/stop")
-    wait_status(api, name, {"STOPPED"}, timeout_s=30)
+    wait_for_api_status(api, name, {"STOPPED"}, timeout_s=30)
 
 
 async def test_an_unknown_preset_looking_name_fails_naming_it(stack, api, name):
     response = api.post("/v1/deployments", json={"name": name, "model": "gemma9-1b"})
     assert response.status_code == 202, response.text
-    state = await asyncio.to_thread(wait_status, api, name, {"FAILED", "ERROR"})
+    state = await asyncio.to_thread(wait_for_api_status, api, name, {"FAILED", "ERROR"}, 60)
     assert state["status"] == "FAILED", state
     error = state["error"]
     assert error["code"] == "MODEL_LOADING_FAILURE", error
@@ -237,7 +228,7 @@ async def test_an_unknown_preset_looking_name_fails_naming_it(stack, api, name):
 async def test_gemma3_270m_deploys_from_its_package_and_answers(stack, api, name):
     response = api.post("/v1/deployments", json={"name": name, "model": "gemma3-270m"})
     assert response.status_code == 202, response.text
-    state = await asyncio.to_thread(wait_status, api, name, {"DEPLOYED", "FAILED", "ERROR"}, 180)
+    state = await asyncio.to_thread(wait_for_api_status, api, name, {"DEPLOYED", "FAILED", "ERROR"}, 180)
     assert state["status"] == "DEPLOYED", state
     assembled = stack.settings.models_dir / GEMMA3_270M.file_name
     assert state["engine"] == "llamacpp" and state["model_path"] == str(assembled)
@@ -253,7 +244,7 @@ async def test_gemma3_270m_deploys_from_its_package_and_answers(stack, api, name
     before = assembled.stat().st_mtime_ns
     response = api.post("/v1/deployments", json={"name": name, "model": "gemma3-270m"})
     assert response.status_code == 202, response.text
-    state = await asyncio.to_thread(wait_status, api, name, {"DEPLOYED", "FAILED", "ERROR"}, 180)
+    state = await asyncio.to_thread(wait_for_api_status, api, name, {"DEPLOYED", "FAILED", "ERROR"}, 180)
     assert state["status"] == "DEPLOYED", state
     assert assembled.stat().st_mtime_ns == before
     stop(api, name)

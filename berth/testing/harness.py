@@ -226,6 +226,17 @@ async def wait_for_status(
     )
 
 
+def wait_for_api_status(api: httpx.Client, name: str, statuses: set[str], timeout_s: float = 30) -> dict:
+    """The deployment's state from the REST API once its status is one of `statuses` (as a user polls)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = api.get(f"/v1/deployments/{name}").json()
+        if state["status"] in statuses or time.monotonic() > deadline:
+            assert state["status"] in statuses, state
+            return state
+        time.sleep(0.05)
+
+
 def engine_processes(home: Path, deployment: str) -> list[psutil.Process]:
     """Live engine processes of a deployment (not their /bin/sh wrappers), found by instance marker."""
     found = []
