@@ -64,7 +64,8 @@ def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
     return PreparedModel(path=str(path.resolve() if resolve else path.absolute()), format=model_format)
 
 
-HEARTBEAT_EVERY_S = 2.0
+# well inside prepare_files' heartbeat timeout (2 s in the workflow)
+HEARTBEAT_EVERY_S = 0.5
 
 
 async def assemble_preset(preset: Preset, models_dir: Path) -> str:
