@@ -64,7 +64,7 @@ def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
     return PreparedModel(path=str(path.resolve() if resolve else path.absolute()), format=model_format)
 
 
-# well inside prepare_files' heartbeat timeout (2 s in the workflow)
+# well inside prepare_files' heartbeat timeout (3 s in the workflow)
 HEARTBEAT_EVERY_S = 0.5
 
 

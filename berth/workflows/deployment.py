@@ -318,8 +318,9 @@ class DeploymentWorkflow:
             task_queue=node_queue,
             result_type=PreparedModel,
             start_to_close_timeout=timedelta(hours=12),
-            # short: a stop reaches a download through its heartbeats (sent at most every 0.8x this)
-            heartbeat_timeout=timedelta(seconds=2),
+            # short: a stop reaches a download through its heartbeats (sent at most every 0.8x this);
+            # not shorter, or a busy node's event loop would time a healthy download out
+            heartbeat_timeout=timedelta(seconds=3),
             retry_policy=QUICK["retry_policy"],
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
