@@ -141,9 +141,14 @@ async def finish_history_watch(bench: Bench, client, watch: dict) -> None:
 
 def _engine_rss(bench: Bench, model: Path) -> int:
     port = free_port()
-    popen = spawn_bare(bench, bare_argv(model, port), bench.workdir / "bare-logs" / "rss.log")
+    return _rss_once_healthy(bench, bare_argv(model, port), port, "rss.log", timeout_s=60)
+
+
+def _rss_once_healthy(bench: Bench, argv: list[str], port: int, log_name: str, timeout_s: float) -> int:
+    """The resident memory of a server started by hand, once its /health answers 200 (then stopped)."""
+    popen = spawn_bare(bench, argv, bench.workdir / "bare-logs" / log_name)
     try:
-        deadline = time.perf_counter() + 60
+        deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
@@ -241,18 +246,8 @@ def write_standin(bench: Bench) -> Path:
 
 def standin_rss(bench: Bench, script: Path, model: Path) -> int:
     port = free_port()
-    popen = spawn_bare(bench, [str(script), "--model", str(model), "--host", "127.0.0.1", "--port", str(port)],
-                       bench.workdir / "bare-logs" / "standin.log")
-    try:
-        deadline = time.perf_counter() + 20
-        while time.perf_counter() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.02)
-        return psutil.Process(popen.pid).memory_info().rss
-    finally:
-        stop_bare(popen)
+    argv = [str(script), "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    return _rss_once_healthy(bench, argv, port, "standin.log", timeout_s=20)
 
 
 async def _count(client, query: str) -> int:
