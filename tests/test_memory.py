@@ -18,6 +18,7 @@ from temporalio.testing import ActivityEnvironment
 
 from berth.activities.hardware import clear_hardware_cache
 from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
+from berth.activities.files import prepare_files
 from berth.activities.planning import MEMORY_LIMIT_ENV, parse_bytes, plan_resources as plan_activity
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
@@ -34,7 +35,7 @@ from berth.domain.memory import (
     plan_resources,
 )
 from berth.domain.model_facts import ModelFacts
-from berth.domain.pipeline import PlanRequest
+from berth.domain.pipeline import PlanRequest, PrepareFilesInput
 from berth.domain.spec import MAX_CONTEXT_SIZE
 from berth.testing import tiny_gguf
 
@@ -493,3 +494,30 @@ async def test_activity_bad_memory_limit_says_so(tiny, fresh_probe, monkeypatch)
     with pytest.raises(ApplicationError) as raised:
         await _plan(tiny)
     assert MEMORY_LIMIT_ENV in raised.value.message
+
+
+# ---- the plan with the files (prepare_files with plan_memory, since plan-with-files-v1) ----------
+
+
+async def _prepare(path: Path, plan_memory: bool, context_size: int | None = None):
+    request = PrepareFilesInput(
+        deployment="plan-test", model=str(path), engine="llamacpp", plan_memory=plan_memory, context_size=context_size
+    )
+    return await ActivityEnvironment().run(prepare_files, request)
+
+
+async def test_prepare_files_plans_when_asked(tiny, fresh_probe, monkeypatch):
+    monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
+    prepared = await _prepare(tiny, plan_memory=True)
+    assert prepared.path == str(tiny.resolve())
+    assert prepared.plan == await _plan(tiny)  # the same plan the plan_resources step makes
+    assert (await _prepare(tiny, plan_memory=False)).plan is None
+
+
+async def test_prepare_files_refuses_what_cannot_fit_before_the_launch(tiny, fresh_probe, monkeypatch):
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "512MiB")
+    with pytest.raises(ApplicationError) as raised:
+        await _prepare(tiny, plan_memory=True, context_size=MAX_CONTEXT_SIZE)
+    failure = Failure.model_validate(raised.value.details[0])
+    assert failure.code is ErrorCode.OOM and failure.suggested_context_size == 2048
+    assert (await _prepare(tiny, plan_memory=True, context_size=2048)).plan.context_size == 2048

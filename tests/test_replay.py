@@ -3,7 +3,8 @@ DeploymentWorkflow without a nondeterminism error.
 
 The histories (tests/fixtures/histories/<generation>/<kind>.json) come from a real stack, through
 `python -m berth.testing.record_histories tests/fixtures/histories/<generation>`: v1 before the
-fast-recovery and concurrent-node-steps patches, v2 with them; both must keep replaying. When this
+fast-recovery and concurrent-node-steps patches, v2 with them, v3 also with plan-with-files; all
+must keep replaying. When this
 test fails after a change of deployment.py:
   - before a release: the change is fine if it is intended; record the histories again;
   - after a release: running workflows have such histories; guard the change with
@@ -32,12 +33,13 @@ with workflow.unsafe.imports_passed_through():
         BERTH_STATUS,
         CONCURRENT_NODE_STEPS_PATCH,
         FAST_RECOVERY_PATCH,
+        PLAN_WITH_FILES_PATCH,
         DeploymentInput,
         DeploymentWorkflow,
     )
 
 HISTORIES = Path(__file__).parent / "fixtures" / "histories"
-GENERATIONS = ("v1", "v2")
+GENERATIONS = ("v1", "v2", "v3")
 RECORDINGS = [(generation, kind) for generation in GENERATIONS for kind in KINDS]
 END_EVENT = {
     "COMPLETED": "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
@@ -73,16 +75,16 @@ def patches(events: list[dict]) -> set[str]:
 @pytest.mark.parametrize("generation, kind", RECORDINGS)
 def test_the_recording_is_what_its_name_says(generation, kind):
     events = json.loads((HISTORIES / generation / f"{kind}.json").read_text())["events"]
-    expected = set() if kind == "stop-early" else {CONCURRENT_NODE_STEPS_PATCH}  # stopped before the first step
-    if kind in ("failure", "retry"):
-        expected.add(FAST_RECOVERY_PATCH)
-    assert patches(events) == (expected if generation == "v2" else set()), "v1: before the patches; v2: with them"
+    assert patches(events) == expected_patches(generation, kind)
     types = [event["eventType"] for event in events]
     activities = [
         event["activityTaskScheduledEventAttributes"]["activityType"]["name"]
         for event in events
         if event["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
     ]
+    assert activities[0] == "place_deployment"
+    # v3: the memory plan comes with the files (no step of its own)
+    assert ("plan_resources" in activities) == (generation != "v3" and kind != "stop-early")
     signals = [
         event["workflowExecutionSignaledEventAttributes"]["signalName"]
         for event in events
@@ -100,6 +102,19 @@ def test_the_recording_is_what_its_name_says(generation, kind):
         assert "EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED" in types and not signals
     else:
         assert signals[-1] == "stop"
+
+
+def expected_patches(generation: str, kind: str) -> set[str]:
+    """v1: before the patches; v2: fast recovery (where something failed) and concurrent node steps
+    (where a step ran: not in stop-early); v3: also the plan with the files."""
+    expected = set()
+    if generation in ("v2", "v3") and kind != "stop-early":
+        expected.add(CONCURRENT_NODE_STEPS_PATCH)
+    if generation in ("v2", "v3") and kind in ("failure", "retry"):
+        expected.add(FAST_RECOVERY_PATCH)
+    if generation == "v3" and kind != "stop-early":
+        expected.add(PLAN_WITH_FILES_PATCH)
+    return expected
 
 
 @pytest.mark.parametrize("generation, kind", RECORDINGS)

@@ -29,7 +29,6 @@ from berth.domain.pipeline import (
     CONFIGURE_ROUTE,
     LAUNCH_ENGINE,
     PLACE_DEPLOYMENT,
-    PLAN_RESOURCES,
     PREPARE_FILES,
     RELEASE_PORT,
     REMOVE_ROUTE,
@@ -40,7 +39,6 @@ from berth.domain.pipeline import (
     EngineHandle,
     EngineOutcome,
     LaunchRequest,
-    PlanRequest,
     PortRequest,
     PreparedModel,
     PrepareFilesInput,
@@ -180,8 +178,7 @@ async def test_stop_while_initializing(stack, client, tiny_gguf, name):
 
 
 def mid_launch(state: DeploymentState) -> bool:
-    """DEPLOYING with a port reserved: configure_route, prepare_files, plan_resources or
-    launch_engine is running (or a later status, when polling was too slow to see it)."""
+    """DEPLOYING with a port reserved: configure_route, prepare_files or launch_engine is running (or a later status, when polling was too slow to see it)."""
     return state.status is S.DEPLOYING and state.port is not None or state.status in (
         S.INITIALIZING,
         S.DEPLOYED,
@@ -189,7 +186,7 @@ def mid_launch(state: DeploymentState) -> bool:
 
 
 async def test_stop_mid_launch(stack, client, tiny_gguf, name):
-    """Stop at first sight of DEPLOYING with a port reserved (route, files, plan or launch step).
+    """Stop at first sight of DEPLOYING with a port reserved (route, files or launch step).
     Tries a few deployments until one is caught in DEPLOYING; the others are stopped as well."""
     for attempt in range(4):
         this = f"{name}-{attempt}"
@@ -276,8 +273,7 @@ HELD_STEPS = [
     SELECT_ENGINE,
     ALLOCATE_PORT,
     CONFIGURE_ROUTE,
-    PREPARE_FILES,
-    PLAN_RESOURCES,
+    PREPARE_FILES,  # also plans the memory (plan-with-files-v1)
     LAUNCH_ENGINE,
     AWAIT_READY,
 ]
@@ -324,10 +320,6 @@ class StandIns:
             await self._maybe_hold(PREPARE_FILES)
             return PreparedModel(path=request.model, format="gguf")
 
-        @activity.defn(name=PLAN_RESOURCES)
-        async def plan(request: PlanRequest) -> None:
-            await self._maybe_hold(PLAN_RESOURCES)
-
         @activity.defn(name=LAUNCH_ENGINE)
         async def launch(request: LaunchRequest) -> EngineHandle:
             await self._maybe_hold(LAUNCH_ENGINE)
@@ -363,7 +355,7 @@ class StandIns:
         async def release_port(request: PortRequest) -> None:
             pass
 
-        return [place, select, allocate, route, files, plan, launch, ready, supervise, stop_engine,
+        return [place, select, allocate, route, files, launch, ready, supervise, stop_engine,
                 remove_route, release_port]
 
 

