@@ -23,6 +23,14 @@ QUEUE_READER_RATES = {
 }
 
 
+# SQLite in WAL mode, synced at checkpoints rather than at every commit: the default journal synced
+# ~400 times per deployment (2480 fsyncs for six 6-step workflows; 15 with these). Committed state
+# survives any crash of a process, Temporal's included; a power cut or kernel crash may lose the
+# last moments (the workflows then redo their last steps, which are idempotent). For a sync at every
+# commit: BERTH_TEMPORAL_EXTRA_ARGS="--sqlite-pragma synchronous=full" (the last value given wins).
+SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
+
+
 def temporal_binary() -> str:
     candidate = Path(sys.executable).parent / "temporal"
     found = str(candidate) if candidate.exists() else shutil.which("temporal")
@@ -44,6 +52,8 @@ def temporal_argv(settings: Settings) -> list[str]:
         argv += ["--search-attribute", f"{name}=Keyword"]
     for key, value in QUEUE_READER_RATES.items():
         argv += ["--dynamic-config-value", f"{key}={value}"]
+    for pragma in SQLITE_PRAGMAS:
+        argv += ["--sqlite-pragma", pragma]
     # e.g. --dynamic-config-value limit.historyCount.suggestContinueAsNew=200
     return argv + shlex.split(os.environ.get("BERTH_TEMPORAL_EXTRA_ARGS", ""))
 
