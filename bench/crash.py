@@ -88,7 +88,7 @@ async def crash_and_recover(bench: Bench, client, runs: int) -> None:
         redeployed = supervise[1].scheduled if len(supervise) > 1 else errored
         part = {"supervise: kill -> activity closed": max(0.0, noticed - killed_wall)}
         part |= {f"then {k}": v for k, v in breakdown(events, noticed, errored).items()}
-        part["ERROR in history -> seen by query"] = max(0.0, killed_wall + detect[-1] - errored)
+        part["ERROR recorded -> seen in the history"] = max(0.0, killed_wall + detect[-1] - errored)
         detect_parts.append(part)
         if timer_started and timer_fired:
             backoffs.append(timer_fired - timer_started)

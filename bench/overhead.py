@@ -1,8 +1,8 @@
 """P1 control-plane overhead: request -> DEPLOYED through berth, against the same engine started by hand.
 
-berth: `start_workflow` (what the REST API and the CLI do) with a fresh name, then the `state` query,
-asked at each completed workflow task (the history long-polled: no polling load; see
-common.wait_status), until it says DEPLOYED; the deployment is stopped (and its teardown awaited)
+berth: `start_workflow` (what the REST API and the CLI do) with a fresh name, then the history
+long-polled until the workflow records DEPLOYED (the `state` query is asked once per status recorded
+and confirms it; no polling load: see common.wait_status); the deployment is stopped (and its teardown awaited)
 before the next run. Bare: the same engine process, with the very argv berth gave it (taken from the
 warm-up deployment's process, port changed), spawned by hand on a free port; /health polled every
 10 ms until 200. Runs alternate bare/berth to cancel drift; one unmeasured warm-up of each first
@@ -71,7 +71,7 @@ async def measure(bench: Bench, stack, client, key: str, model, runs: int) -> di
         ready_closed = ready[-1] if ready else deployed
         part = breakdown(events, started, deployed)
         part["client: request -> workflow started"] = max(0.0, started - wall)
-        part["client: DEPLOYED in history -> seen by query"] = max(0.0, wall + took - deployed)
+        part["client: DEPLOYED recorded -> seen in the history"] = max(0.0, wall + took - deployed)
         parts.append(part)
         phases["before launch"].append(launch - started)
         phases["launch -> ready"].append(ready_closed - launch)
