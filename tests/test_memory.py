@@ -521,3 +521,16 @@ async def test_prepare_files_refuses_what_cannot_fit_before_the_launch(tiny, fre
     failure = Failure.model_validate(raised.value.details[0])
     assert failure.code is ErrorCode.OOM and failure.suggested_context_size == 2048
     assert (await _prepare(tiny, plan_memory=True, context_size=2048)).plan.context_size == 2048
+
+
+def test_the_header_reader_loads_gguf_constants_without_numpy():
+    # a worker that reads headers does not carry numpy (~22 MB); the gguf package imported later
+    # (as the tests do, to write GGUFs) shares the very same constant classes
+    code = (
+        "import sys; from berth.activities import model_facts; "
+        "assert 'numpy' not in sys.modules and 'gguf' not in sys.modules, sorted(sys.modules); "
+        "import gguf; assert model_facts.T is gguf.GGUFValueType; "
+        "assert model_facts.GGML_QUANT_SIZES is gguf.GGML_QUANT_SIZES; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

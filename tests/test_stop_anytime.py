@@ -217,13 +217,20 @@ async def test_stop_in_error_waiting_for_its_backoff(stack, client, tiny_gguf, n
     await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), restart=LONG_BACKOFF))
     deployed = await wait_for_status(client, name, {S.DEPLOYED, S.FAILED})
     assert deployed.status is S.DEPLOYED, deployed.error
+    # the first automatic restart is immediate: crash it twice to have it wait out a backoff
     os.kill(deployed.pid, signal.SIGKILL)
+    again = await poll_until(
+        client, name, lambda state: state.status is S.FAILED or state.status is S.DEPLOYED and state.pid != deployed.pid, 20
+    )
+    assert again.status is S.DEPLOYED and again.attempts == 1, caught_as(again)
+    os.kill(again.pid, signal.SIGKILL)
     seen = await wait_for_status(client, name, {S.ERROR, S.FAILED}, timeout_s=10)
     assert seen.status is S.ERROR and seen.next_retry_at is not None, caught_as(seen)
+    assert (seen.next_retry_at - seen.transitions[-1].at).total_seconds() >= 29, "a 30 s backoff"
     final, took = await stop_now(client, name, caught_as(seen))
     assert_stopped_clean(stack, name, final, took, caught_as(seen))
     statuses = [t.status for t in final.transitions]
-    assert statuses[statuses.index(S.ERROR):] == [S.ERROR, S.STOPPED], "it relaunched before stopping"
+    assert statuses[-2:] == [S.ERROR, S.STOPPED], "it relaunched before stopping"
 
 
 async def test_stop_when_failed(stack, client, garbage_gguf, name):

@@ -7,27 +7,42 @@ container (and adopts it while it runs the same image and arguments) instead of 
 Containers are not auto-removed: after an exit, Docker still holds the exit code, State.OOMKilled
 and the output, which is what classifying the failure needs. Stopping removes the container
 after copying its output into the deployment's log file.
+
+The Docker SDK (and requests under it, ~14 MB) is imported at first use: a worker on a node
+without Docker never loads it.
 """
+
+from __future__ import annotations
 
 import contextlib
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import docker
-import requests
-from docker.errors import DockerException, NotFound
-from docker.models.containers import Container
-from docker.types import DeviceRequest as DockerDeviceRequest
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from berth.engines.base import INSTANCE_LABEL, ContainerSpec
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
 
 API_TIMEOUT_S = 30
 
 
 class DockerUnavailable(RuntimeError):
     """No Docker engine answers where DOCKER_HOST (or the default socket) points."""
+
+
+@functools.cache
+def sdk() -> ModuleType:
+    """The docker package, with its errors and types (e.g. `sdk().errors.ImageNotFound`)."""
+    import docker
+    import docker.errors
+    import docker.types
+
+    return docker
 
 
 def client() -> docker.DockerClient:
@@ -38,8 +53,8 @@ def client() -> docker.DockerClient:
 @functools.lru_cache(maxsize=4)
 def _client(host: str) -> docker.DockerClient:
     try:
-        return docker.from_env(timeout=API_TIMEOUT_S)
-    except DockerException as error:
+        return sdk().from_env(timeout=API_TIMEOUT_S)
+    except sdk().errors.DockerException as error:
         where = host or "unix:///var/run/docker.sock"
         raise DockerUnavailable(f"no Docker engine answers at {where}: {error}") from None
 
@@ -47,6 +62,9 @@ def _client(host: str) -> docker.DockerClient:
 @contextlib.contextmanager
 def _answering():
     """A Docker engine that stopped answering after the client was made is DockerUnavailable too."""
+    sdk()
+    import requests  # loaded with the SDK
+
     try:
         yield
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
@@ -82,7 +100,7 @@ def create_arguments(spec: ContainerSpec) -> dict:
         name=spec.name,
         environment=dict(spec.environment),
         device_requests=[
-            DockerDeviceRequest(
+            sdk().types.DeviceRequest(
                 driver=request.driver,
                 count=0 if request.device_ids else request.count,
                 device_ids=list(request.device_ids),
@@ -132,7 +150,7 @@ def launch(spec: ContainerSpec) -> StartedContainer:
         container = client().containers.create(**create_arguments(spec))
         try:
             container.start()
-        except DockerException:
+        except sdk().errors.DockerException:
             _remove(container, grace_s=0)
             raise
         container.reload()
@@ -147,7 +165,7 @@ def _get(container_id: str) -> Container | None:
     try:
         with _answering():
             return client().containers.get(container_id)
-    except NotFound:
+    except sdk().errors.NotFound:
         return None
 
 
@@ -176,7 +194,7 @@ def log_lines(container_id: str, max_lines: int = 200) -> list[str] | None:
     try:
         with _answering():
             return _decode(container.logs(stdout=True, stderr=True, tail=max_lines))
-    except NotFound:
+    except sdk().errors.NotFound:
         return None
 
 
@@ -185,7 +203,7 @@ def _decode(output: bytes) -> list[str]:
 
 
 def _remove(container: Container, grace_s: float, log_path: Path | None = None) -> None:
-    with _answering(), contextlib.suppress(NotFound):
+    with _answering(), contextlib.suppress(sdk().errors.NotFound):
         if container.status in ("running", "restarting", "paused"):
             container.stop(timeout=max(0, round(grace_s)))
         if log_path is not None:

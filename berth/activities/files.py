@@ -17,17 +17,11 @@ from temporalio import activity
 
 from berth.activities.failures import failure_error
 from berth.domain.errors import ErrorCode
-from berth.domain.model_format import format_of_name
-from berth.domain.model_reference import (
-    BadModelReference,
-    LocalReference,
-    ModelReference,
-    parse_model_reference,
-)
+from berth.domain.model_reference import LocalReference
 from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel
 from berth.activities.download_progress import ProgressReporter
+from berth.activities.model_source import local_model_format, model_source, wanted_format
 from berth.activities.planning import plan_for
-from berth.engines.registry import ENGINES
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.presets import (
     Preset,
@@ -36,18 +30,8 @@ from berth.presets import (
     is_assembled,
     missing_model_message,
     packaged_path,
-    preset_for,
 )
 from berth.settings import Settings
-
-
-def local_model_format(path: Path) -> str | None:
-    if path.is_dir():
-        if any(path.glob("*.safetensors")):
-            return "safetensors"
-        ggufs = sorted(path.glob("*.gguf"))
-        return "gguf" if ggufs else None
-    return format_of_name(path.name)
 
 
 def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
@@ -85,25 +69,6 @@ async def assemble_preset(preset: Preset, models_dir: Path) -> str:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(unavailable)) from None
 
 
-def wanted_format(engine: str | None) -> str | None:
-    """The format to fetch for an engine: llama.cpp wants GGUF, vLLM and MLX safetensors."""
-    spec = ENGINES.get(engine or "")
-    if spec is None:
-        return None
-    return "gguf" if "gguf" in spec.formats else next(iter(sorted(spec.formats)), None)
-
-
-def model_source(model: str) -> Preset | ModelReference:
-    """What `model` names on this node: a packaged preset, or a parsed reference (for a hub preset,
-    its hub reference). A reference that cannot name a model is a MODEL_LOADING_FAILURE."""
-    preset = preset_for(model)
-    if preset is not None and preset.source == "package":
-        return preset
-    reference = preset.reference if preset is not None else model
-    try:
-        return parse_model_reference(reference, exists=Path(reference).expanduser().exists())
-    except BadModelReference as bad:
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
 
 
 @activity.defn(name=PREPARE_FILES)

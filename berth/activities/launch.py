@@ -16,7 +16,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from docker.errors import APIError, ImageNotFound
 from temporalio import activity
 
 from berth.activities import container_runtime, process_runtime
@@ -97,6 +96,7 @@ def launch_container(settings: Settings, request: LaunchRequest, spec: Container
     with open(path, "ab") as log_file:
         log_offset = log_file.tell()
         log_file.write(f"=== berth: container {spec.name}: {spec.image} {' '.join(spec.command)}\n".encode())
+    errors = container_runtime.sdk().errors
     try:
         started = container_runtime.launch(spec)
     except container_runtime.DockerUnavailable as error:
@@ -105,12 +105,12 @@ def launch_container(settings: Settings, request: LaunchRequest, spec: Container
             f"engine {request.engine!r} runs in Docker on this node, but {error}; start Docker, "
             "or run the engine natively",
         ) from None
-    except ImageNotFound:
+    except errors.ImageNotFound:
         raise failure_error(
             ErrorCode.ENGINE_UNAVAILABLE,
             f"the image {spec.image} is not on this node: run `docker pull {spec.image}` first",
         ) from None
-    except APIError as error:
+    except errors.APIError as error:
         if "could not select device driver" in str(error):
             raise failure_error(
                 ErrorCode.CUDA_ERROR,

@@ -1,7 +1,8 @@
 """Read a model's size facts from its files' headers, never from its weights.
 
 GGUF: the header (metadata key/values and tensor infos) is parsed here with the `gguf` package's
-constants (value types, quantisation block sizes, key names). `gguf.GGUFReader` itself is not used:
+constants (value types, quantisation block sizes, key names; loaded without the rest of the
+package, which would bring numpy into every worker: berth.activities.gguf_constants). `gguf.GGUFReader` itself is not used:
 it builds numpy views for every metadata item and took ~22 s and ~700 MB of RAM for the Gemma 3
 270M file (262,144 vocabulary strings); this parser reads the same header through mmap in well
 under a second and touches only the header's pages. Split GGUFs (`*-00001-of-00003.gguf`) add
@@ -21,10 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType
-from gguf import GGUFValueType as T
-from gguf import LlamaFileType
-
+from berth.activities.gguf_constants import constants as gguf
 from berth.domain.model_facts import DEFAULT_KV_BYTES_PER_ELEMENT, ModelFacts
 
 __all__ = ["ModelFilesUnreadable", "read_gguf_facts", "read_model_facts", "read_safetensors_facts"]
@@ -33,6 +31,12 @@ MAX_STRING_BYTES = 1 << 30
 MAX_COUNT = 1 << 32
 KEEP_ARRAY_ITEMS = 1 << 16  # numeric arrays longer than this are skipped, their length kept
 MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC = (
+    gguf.GGML_QUANT_SIZES, gguf.GGUF_DEFAULT_ALIGNMENT, gguf.GGUF_MAGIC
+)
+GGMLQuantizationType, T, LlamaFileType = gguf.GGMLQuantizationType, gguf.GGUFValueType, gguf.LlamaFileType
+
 SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from temporalio import activity
 
 from berth.activities.failures import failure_error
-from berth.activities.files import local_model_format, model_source, wanted_format
+from berth.activities.model_source import local_model_format, model_source, wanted_format
 from berth.activities.hardware import probe_hardware
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
