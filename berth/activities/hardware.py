@@ -24,6 +24,7 @@ import psutil
 import pynvml
 from temporalio import activity
 
+from berth.activities.container_runtime import docker_configured
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
 from berth.domain.pipeline import PROBE_HARDWARE
 
@@ -188,6 +189,10 @@ def probe_apple_silicon(notes: list[str]) -> AppleSilicon | None:
 
 def docker_answers(notes: list[str]) -> bool:
     """Whether a Docker engine answers a ping within DOCKER_PING_TIMEOUT_S. Never raises."""
+    if not docker_configured():
+        # nothing to ask: and the Docker SDK (~8 MB, with requests) stays out of this process
+        notes.append("no Docker engine: DOCKER_HOST is not set and there is no /var/run/docker.sock")
+        return False
     try:
         import docker
 
