@@ -2,7 +2,8 @@
 
 import yaml
 
-from berth.activities.routing import route_config, write_route
+from berth import atomic_write
+from berth.activities.routing import STAGING_DIR, route_config, write_route
 from berth.domain.pipeline import RouteRequest
 
 
@@ -45,7 +46,19 @@ def test_write_route_is_atomic_and_idempotent(tmp_path):
     assert write_route(tmp_path, request) == path
     assert path.stat().st_mtime_ns == first, "an unchanged route is not rewritten"
     assert yaml.safe_load(path.read_text())["http"]["services"]["berth-qwen"]
-    assert [p.name for p in tmp_path.iterdir()] == ["qwen.yml"], "no temp files left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STAGING_DIR, "qwen.yml"]
+    assert not any((tmp_path / STAGING_DIR).iterdir()), "no temp files left"
+
+
+def test_a_route_file_appears_in_the_watched_folder_only_by_its_final_rename(tmp_path, monkeypatch):
+    # Traefik reloads every route on each event in the folder it watches (not in subfolders): the
+    # temp file is made and written in the staging subfolder, then renamed in
+    made_in = []
+    real_mkstemp = atomic_write.tempfile.mkstemp
+    monkeypatch.setattr(atomic_write.tempfile, "mkstemp", lambda **kw: made_in.append(kw["dir"]) or real_mkstemp(**kw))
+    write_route(tmp_path, RouteRequest(deployment="qwen", port=20001, engine="llamacpp"))
+    assert made_in == [tmp_path / STAGING_DIR]
+    assert (tmp_path / "qwen.yml").stat().st_mode & 0o777 == 0o600, "it holds the token"
 
 
 def test_a_dead_engine_is_marked_down_and_a_down_one_is_asked_again_soon():
