@@ -69,8 +69,6 @@ async def assemble_preset(preset: Preset, models_dir: Path) -> str:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(unavailable)) from None
 
 
-
-
 @activity.defn(name=PREPARE_FILES)
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
     prepared = await files_in_place(request)

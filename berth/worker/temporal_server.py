@@ -24,7 +24,7 @@ QUEUE_READER_RATES = {
 
 
 # SQLite in WAL mode, synced at checkpoints rather than at every commit: the default journal synced
-# ~400 times per deployment (2480 fsyncs for six 6-step workflows; 15 with these). Committed state
+# ~400 times per 6-step workflow (2480 fsyncs for six of them; 15 with these). Committed state
 # survives any crash of a process, Temporal's included; a power cut or kernel crash may lose the
 # last moments (the workflows then redo their last steps, which are idempotent). For a sync at every
 # commit: BERTH_TEMPORAL_EXTRA_ARGS="--sqlite-pragma synchronous=full" (the last value given wins).
