@@ -19,6 +19,7 @@ from berth.testing.harness import (
     engine_processes,
     processes_with_home,
     start_deployment,
+    until_restarted_or_down,
     wait_for_status,
 )
 from berth.worker.temporal_server import temporal_answers
@@ -109,8 +110,15 @@ async def test_deployments_keep_their_state_and_keep_serving_through_a_temporal_
 
         # still supervised: an engine killed after the restart is seen and brought back
         os.kill(after["alpha"].pid, signal.SIGKILL)
-        crashed = await wait_for_status(client, "alpha", {S.ERROR, S.FAILED}, timeout_s=30, poll_s=0.01)
-        assert crashed.status is S.ERROR and "signal 9" in crashed.error.message, crashed.error
+        crashed = await until_restarted_or_down(client, "alpha", after["alpha"].pid)
+        assert crashed.status is not S.FAILED, crashed.error
+        if crashed.status is S.ERROR:
+            assert "signal 9" in crashed.error.message, crashed.error
+        def errors(state):
+            return [t for t in state.transitions if t.status is S.ERROR]
+
+        assert len(errors(crashed)) == len(errors(after["alpha"])) + 1, crashed.transitions
+        assert errors(crashed)[-1].detail.startswith("CONTAINER_EXITED"), crashed.transitions
         revived = await wait_for_status(client, "alpha", S.DEPLOYED, timeout_s=30)
         assert revived.pid != before["alpha"].pid
         assert [p.pid for p in engine_processes(stack.home, "alpha")] == [revived.pid]

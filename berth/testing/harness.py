@@ -226,6 +226,24 @@ async def wait_for_status(
     )
 
 
+async def until_restarted_or_down(
+    client: Client, name: str, old_pid: int, timeout_s: float = 30, poll_s: float = 0.01
+) -> DeploymentState:
+    """After killing a deployment's engine: the first state that is ERROR or FAILED, or DEPLOYED again
+    with another engine. The first automatic restart is immediate, so ERROR may last less than a
+    poll; the transitions keep it either way."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = await deployment_state(client, name)
+        if state.status in (DeploymentStatus.ERROR, DeploymentStatus.FAILED) or (
+            state.status is DeploymentStatus.DEPLOYED and state.pid != old_pid
+        ):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: still {state.status.value} {timeout_s} s after its engine was killed")
+        await asyncio.sleep(poll_s)
+
+
 def wait_for_api_status(api: httpx.Client, name: str, statuses: set[str], timeout_s: float = 30) -> dict:
     """The deployment's state from the REST API once its status is one of `statuses` (as a user polls)."""
     deadline = time.monotonic() + timeout_s
