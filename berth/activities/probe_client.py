@@ -3,9 +3,9 @@ every await_ready and supervise activity of the worker.
 
 A fresh httpx client loads the CA bundle into a new TLS context: 30-90 ms of CPU on the worker's
 event loop and ~0.9 MB held for as long as it lives, once per activity, i.e. per deployment. Probes
-are plain HTTP to engines and the gateway on loopback, so no TLS context is needed at all
-(verify=False keeps httpx from loading the bundle), and one client per loop keeps the cost flat in
-the number of deployments.
+are plain HTTP to engines and the gateway on loopback, so no TLS context is needed at all (the
+client's transport is berth.activities.probe_transport, which speaks plain HTTP only), and one
+client per loop keeps the cost flat in the number of deployments.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import weakref
 
 import httpx
 
+from berth.activities.probe_transport import ProbeTransport
+
 # A connect on loopback either happens at once or is refused; the slack is for a loaded machine.
 PROBE_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
-# No cap on connections (every supervised engine may be probed at the same moment), and none kept
-# alive: httpcore scans every pooled connection (a select() each) on every request and every
-# response close, so a pool holding an idle connection per engine made probing O(engines) each:
-# 27% of a core for 119 supervised engines, measured with py-spy. A loopback connect is ~0.1 ms.
-PROBE_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+# One connection per probe, none kept alive (ProbeTransport): with httpcore's pool, keeping an idle
+# connection per engine made probing O(engines) each (it scans every pooled connection on every
+# request): 27% of a core for 119 supervised engines, measured with py-spy. A loopback connect is
+# ~0.1 ms.
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, httpx.AsyncClient]] = (
     weakref.WeakKeyDictionary()
@@ -35,7 +36,7 @@ def probe_client(headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     key = tuple(sorted((headers or {}).items()))
     client = by_headers.get(key)
     if client is None or client.is_closed:
-        client = httpx.AsyncClient(verify=False, timeout=PROBE_TIMEOUT, limits=PROBE_LIMITS, headers=headers)
+        client = httpx.AsyncClient(transport=ProbeTransport(), timeout=PROBE_TIMEOUT, headers=headers)
         by_headers[key] = client
     return client
 

@@ -1,0 +1,111 @@
+"""The probes' HTTP transport against real local servers: what the engines' probe code relies on
+(status codes, headers sent, bodies read, and httpx's exceptions for each way a probe can fail)."""
+
+import asyncio
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from berth.activities.probe_transport import ProbeTransport
+
+
+class Engine(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b'{"status":', b'"ok"}'):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        code = 503 if self.path == "/loading" else 200
+        body = json.dumps({"path": self.path, "auth": self.headers.get("Authorization")}).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def engine_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def client(**kwargs) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=ProbeTransport(), **kwargs)
+
+
+async def test_status_codes_headers_and_bodies(engine_url):
+    async with client(headers={"Authorization": "Bearer t"}) as probe:
+        ready = await probe.get(engine_url + "/health?full=1")
+        assert ready.status_code == 200 and ready.json() == {"path": "/health?full=1", "auth": "Bearer t"}
+        assert (await probe.get(engine_url + "/loading")).status_code == 503
+        assert (await probe.get(engine_url + "/chunked")).json() == {"status": "ok"}
+        echoed = await probe.post(engine_url + "/v1/chat/completions", json={"max_tokens": 1})
+        assert echoed.status_code == 200 and echoed.json() == {"max_tokens": 1}
+
+
+async def test_a_closed_port_is_a_connect_error():
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]  # bound, never listening: refused
+        async with client() as probe:
+            with pytest.raises(httpx.ConnectError):
+                await probe.get(f"http://127.0.0.1:{port}/health")
+
+
+async def test_a_silent_engine_is_a_read_timeout():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts connections (the kernel does) and never answers
+    try:
+        async with client(timeout=httpx.Timeout(0.3, connect=1.0)) as probe:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(httpx.ReadTimeout):
+                await probe.get(f"http://127.0.0.1:{listener.getsockname()[1]}/health")
+            assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        listener.close()
+
+
+async def test_garbage_is_a_protocol_error():
+    async def garbage(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client() as probe:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await probe.get(f"http://127.0.0.1:{port}/health")
+    finally:
+        server.close()
+
+
+async def test_only_plain_http():
+    async with client() as probe:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await probe.get("https://127.0.0.1:1/health")
