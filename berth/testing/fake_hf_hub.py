@@ -258,22 +258,28 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return self._resolve(unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"]))
             self._send(*_error("NotFound", f"no such page: {path}"))
 
-        def _model_info(self, repo: str, name: str, query: dict) -> None:
+        def _revision_or_error(self, repo: str, name: str):
+            """The revision `name` of `repo`; None once the hub's error for a missing one is sent."""
             if repo not in hub.repos:
-                return self._send(*_error("RepoNotFound", "Repository not found"))
+                self._send(*_error("RepoNotFound", "Repository not found"))
+                return None
             revision = hub.revision(repo, name)
             if revision is None:
-                return self._send(*_error("RevisionNotFound", f"Invalid rev id: {name}"))
+                self._send(*_error("RevisionNotFound", f"Invalid rev id: {name}"))
+            return revision
+
+        def _model_info(self, repo: str, name: str, query: dict) -> None:
+            revision = self._revision_or_error(repo, name)
+            if revision is None:
+                return
             with_blobs = query.get("blobs", ["false"])[0].lower() in ("1", "true")
             body = json.dumps(hub.model_info(repo, revision, with_blobs)).encode()
             self._send(200, {"Content-Type": "application/json"}, body)
 
         def _resolve(self, repo: str, name: str, path: str) -> None:
-            if repo not in hub.repos:
-                return self._send(*_error("RepoNotFound", "Repository not found"))
-            revision = hub.revision(repo, name)
+            revision = self._revision_or_error(repo, name)
             if revision is None:
-                return self._send(*_error("RevisionNotFound", f"Invalid rev id: {name}"))
+                return
             file = revision.files.get(path)
             if file is None:
                 message = f'{path} does not exist on "{name}"'
