@@ -18,6 +18,7 @@ import yaml
 from temporalio import activity
 
 from berth.activities.engine_records import write_atomically
+from berth.activities.gateway_certificate import certificate_path, read_certificate
 from berth.api_token import load_api_token
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
 from berth.engines.registry import get_engine
@@ -112,8 +113,10 @@ async def remove_route(deployment: str) -> None:
 
 
 def write_gateway_config(settings: Settings) -> Path:
-    """What every route shares: the forwardAuth middleware that asks the API about a token."""
-    config = {
+    """What every route shares: the forwardAuth middleware that asks the API about a token, and,
+    once it has been made, the default TLS certificate that spares Traefik a new RSA key at each
+    route change (berth.activities.gateway_certificate)."""
+    config: dict = {
         "http": {
             "middlewares": {
                 AUTH_MIDDLEWARE: {
@@ -125,6 +128,12 @@ def write_gateway_config(settings: Settings) -> Path:
             }
         }
     }
+    certificate = read_certificate(certificate_path(settings))
+    if certificate is not None:
+        certificate_pem, key_pem = certificate
+        # PEM text, not file paths (Traefik takes either): its routes folder may be mounted elsewhere
+        default = {"defaultCertificate": {"certFile": certificate_pem, "keyFile": key_pem}}
+        config["tls"] = {"stores": {"default": default}}
     path = settings.routes_dir / GATEWAY_FILE
     text = yaml.safe_dump(config, sort_keys=False)
     if not path.exists() or path.read_text() != text:

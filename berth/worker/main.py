@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from berth.activities.files import prepare_files
+from berth.activities.gateway_certificate import certificate_path, ensure_certificate
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
 from berth.activities.planning import plan_resources
@@ -91,11 +92,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with control, node:
             announcing = asyncio.create_task(announce_when_polling(client, settings, stop))
+            certifying = asyncio.create_task(give_gateway_a_certificate(settings))
             await reconciler.run_forever(reconcile_interval_s(), stop)
             announcing.cancel()
+            certifying.cancel()
     finally:
         withdraw_ready(settings)
         await close_probe_clients()
+
+
+async def give_gateway_a_certificate(settings: Settings) -> None:
+    """Made once per home, after the worker is polling (it is not needed to serve, only to make
+    Traefik's reloads cheap); then the gateway config carries it."""
+    if await ensure_certificate(certificate_path(settings)):
+        write_gateway_config(settings)
 
 
 async def polling(client: Client, settings: Settings) -> bool:
