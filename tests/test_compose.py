@@ -54,6 +54,7 @@ DEFAULT_IS_RIGHT = {
     "BERTH_VLLM_IMAGE": "vllm/vllm-openai unless an operator pins another",
     "BERTH_VLLM_RUNTIME": "vLLM runs in Docker unless vllm is installed in the worker's image",
     "BERTH_FAULT_INJECTION": "tests only: must stay unset in production",
+    "BERTH_WORKFLOW_SANDBOX": "off: the replay tests run every recorded history in the sandbox instead",
 }
 # What each berth service must be told (its defaults would be wrong in a container).
 NEEDED = {

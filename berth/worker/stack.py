@@ -26,7 +26,7 @@ from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
 from berth.worker.processes import ManagedProcess
-from berth.worker.temporal_server import temporal_argv, temporal_answers
+from berth.worker.temporal_server import temporal_answers, temporal_argv, temporal_env
 from berth.worker.worker_ready import worker_ready
 
 START_TIMEOUT_S = 60
@@ -42,7 +42,7 @@ class Stack:
         self.settings = settings
         self.out = out
         logs = settings.logs_dir
-        self.temporal = ManagedProcess("temporal", temporal_argv(settings), logs / "temporal.log")
+        self.temporal = ManagedProcess("temporal", temporal_argv(settings), logs / "temporal.log", temporal_env())
         self.gateway = ManagedProcess("traefik", gateway_argv(settings), logs / "traefik.log")
         self.worker = ManagedProcess(
             "worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log"

@@ -31,6 +31,18 @@ QUEUE_READER_RATES = {
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
 
+# Go collects garbage when the heap has grown by GOGC% over what was live after the last collection
+# (100 by default). At 50 the dev server holds ~20 MB less (P6: 204 -> 185 MB with 10 deployments)
+# for more frequent, smaller collections. Proportional to the live heap, so it scales with the
+# number of workflows (a GOMEMLIMIT below the live heap of ~1000 of them would collect continuously).
+# A GOGC in berth's own environment wins.
+TEMPORAL_GOGC = "50"
+
+
+def temporal_env() -> dict[str, str]:
+    return {"GOGC": os.environ.get("GOGC") or TEMPORAL_GOGC}
+
+
 def temporal_binary() -> str:
     candidate = Path(sys.executable).parent / "temporal"
     found = str(candidate) if candidate.exists() else shutil.which("temporal")
