@@ -38,8 +38,8 @@ class EngineView:
     record: EngineRecord | None
 
     @classmethod
-    def of(cls, handle: EngineHandle) -> "EngineView":
-        record = EngineRecords(Settings.from_env().run_dir).get(handle.instance_id)
+    def of(cls, handle: EngineHandle, records: EngineRecords | None = None) -> "EngineView":
+        record = (records or EngineRecords(Settings.from_env().run_dir)).get(handle.instance_id)
         if record is not None and (record.pid != handle.pid or record.container_id != handle.container_id):
             record = None  # the record is of another launch
         return cls(handle, record)
@@ -138,3 +138,53 @@ async def wait_for_exit(pid: int, create_time: float, timeout_s: float) -> bool:
         return exited.done() or not process_runtime.is_alive(pid, create_time)
     finally:
         os.close(fd)
+
+
+class HeldExitWatch:
+    """A native engine's exit, watched through one pidfd held for as long as the watch lasts.
+
+    supervise looks at its engine every few seconds for as long as it serves; asking psutil each
+    time (and opening a pidfd per wait) read /proc three times per look: with ~600 engines, ~10% of
+    the worker's busy time. The pidfd is opened once, checked against the record's create time (a
+    reused pid is not ours), and is readable from the moment the engine exits."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._exited = self._loop.create_future()
+        self._loop.add_reader(fd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(True)
+        self._loop.remove_reader(self._fd)
+
+    @classmethod
+    def open(cls, record: EngineRecord | None) -> "HeldExitWatch | None":
+        """None for a container, a process already gone, or a system without pidfd: the caller then
+        asks EngineView each time."""
+        if record is None or record.runtime == "container" or not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            fd = os.pidfd_open(record.pid)
+        except OSError:
+            return None
+        if not process_runtime.is_alive(record.pid, record.pid_create_time):
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def exited(self) -> bool:
+        return self._exited.done()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True as soon as the engine has exited, False after timeout_s if it still runs."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout_s)
+        return self._exited.done()
+
+    def close(self) -> None:
+        if not self._exited.done():
+            self._loop.remove_reader(self._fd)
+            self._exited.cancel()
+        os.close(self._fd)

@@ -12,6 +12,7 @@ import time
 
 from temporalio import activity
 
+from berth.activities.engine_records import EngineRecords
 from berth.activities.engine_watch import EngineView
 from berth.activities.probe_client import probe_client
 from berth.api_token import load_api_token
@@ -41,8 +42,9 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
     unhealthy = 0
     token = load_api_token(settings)  # the gateway's route asks for it
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    records = EngineRecords(settings.run_dir)
     while True:
-        view = EngineView.of(handle)
+        view = EngineView.of(handle, records)
         if view.stopped_by_shutdown:
             return EngineOutcome(node_shutdown=True)
         if not view.alive():

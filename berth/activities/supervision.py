@@ -8,11 +8,13 @@ import time
 
 from temporalio import activity
 
-from berth.activities.engine_watch import EngineView
+from berth.activities.engine_records import EngineRecords
+from berth.activities.engine_watch import EngineView, HeldExitWatch
 from berth.activities.probe_client import probe_client
 from berth.domain.pipeline import SUPERVISE, EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
+from berth.settings import Settings
 
 HEALTH_INTERVAL_S = 5.0
 UNHEALTHY_PROBES = 3  # consecutive failed probes before the engine is declared unhealthy
@@ -24,21 +26,31 @@ async def supervise(handle: EngineHandle) -> EngineOutcome:
     base_url = f"http://127.0.0.1:{handle.port}"
     since = time.time()
     failed_probes: list[Readiness] = []
-    while True:
-        view = EngineView.of(handle)
-        served_s = time.time() - since
-        if view.stopped_by_shutdown:
-            return EngineOutcome(node_shutdown=True, served_s=served_s)
-        if not view.alive():
-            return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
-        readiness = await engine.probe(probe_client(), base_url, after_ready=True)
-        if readiness is Readiness.READY:
-            failed_probes.clear()
-        else:
-            failed_probes.append(readiness)
-            if len(failed_probes) >= UNHEALTHY_PROBES:
-                seen = ", ".join(probe.value.lower() for probe in failed_probes)
-                message = f"the engine is running but stopped answering its health check ({seen})"
-                return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
-        activity.heartbeat(served_s)
-        await view.wait_for_exit(HEALTH_INTERVAL_S)
+    records = EngineRecords(Settings.from_env().run_dir)
+    watch = HeldExitWatch.open(EngineView.of(handle, records).record)  # None: ask the view each time
+    try:
+        while True:
+            view = EngineView.of(handle, records)  # read again: a shutdown or another launch shows there
+            served_s = time.time() - since
+            if view.stopped_by_shutdown:
+                return EngineOutcome(node_shutdown=True, served_s=served_s)
+            alive = (view.record is not None and not watch.exited()) if watch else view.alive()
+            if not alive:
+                return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
+            readiness = await engine.probe(probe_client(), base_url, after_ready=True)
+            if readiness is Readiness.READY:
+                failed_probes.clear()
+            else:
+                failed_probes.append(readiness)
+                if len(failed_probes) >= UNHEALTHY_PROBES:
+                    seen = ", ".join(probe.value.lower() for probe in failed_probes)
+                    message = f"the engine is running but stopped answering its health check ({seen})"
+                    return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
+            activity.heartbeat(served_s)
+            if watch:
+                await watch.wait(HEALTH_INTERVAL_S)
+            else:
+                await view.wait_for_exit(HEALTH_INTERVAL_S)
+    finally:
+        if watch:
+            watch.close()
