@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from berth.activities.engine_records import EngineRecord
-from berth.activities.engine_watch import HeldExitWatch
+from berth.activities.engine_watch import HeldExitWatch, wait_for_exit
 
 
 def _record(pid: int, create_time: float, runtime: str = "process") -> EngineRecord:
@@ -71,6 +71,27 @@ async def test_closing_a_watch_that_still_waits_leaves_nothing_registered():
         assert asyncio.get_running_loop().remove_reader(fd) is False, "no reader left on the loop"
         with pytest.raises(OSError):
             os.fstat(fd)  # and the pidfd is closed
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_without_pidfd_as_on_macos_the_wait_polls_instead_of_returning_at_once(monkeypatch):
+    """macOS has no os.pidfd_open: the wait must still last until the timeout (a readiness or
+    supervise loop would otherwise spin) and still see the exit."""
+    monkeypatch.delattr(os, "pidfd_open")
+    process = _sleeper()
+    try:
+        create_time = psutil.Process(process.pid).create_time()
+        assert HeldExitWatch.open(_record(process.pid, create_time)) is None
+        started = time.monotonic()
+        assert await wait_for_exit(process.pid, create_time, 0.3) is False
+        assert time.monotonic() - started >= 0.29, "waited, not returned at once"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        started = time.monotonic()
+        assert await wait_for_exit(process.pid, create_time, 10) is True
+        assert time.monotonic() - started < 1
     finally:
         process.kill()
         process.wait()

@@ -22,6 +22,7 @@ from berth.engines.registry import get_engine
 from berth.settings import Settings
 
 CONTAINER_POLL_S = 1.0  # a container's exit is noticed by asking Docker this often
+PROCESS_POLL_S = 0.25  # without pidfd (macOS), a process's exit is noticed by asking this often
 
 
 def record_alive(record: EngineRecord) -> bool:
@@ -110,34 +111,28 @@ class EngineView:
             return True
         if not self.in_container:
             return await wait_for_exit(self.record.pid, self.record.pid_create_time, timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(CONTAINER_POLL_S, remaining))
-            if not self.alive():
-                return True
-        return False
+        return await _poll_until_gone(self.alive, timeout_s, CONTAINER_POLL_S)
 
 
 async def wait_for_exit(pid: int, create_time: float, timeout_s: float) -> bool:
-    """True as soon as the process ends (pidfd: no polling), False after timeout_s if it still runs."""
+    """True as soon as the process ends, False after timeout_s if it still runs: through a pidfd (no
+    polling), or where there is none (macOS) by asking every PROCESS_POLL_S."""
+    watch = HeldExitWatch.of_process(pid, create_time)
+    if watch is None:
+        return await _poll_until_gone(lambda: process_runtime.is_alive(pid, create_time), timeout_s, PROCESS_POLL_S)
     try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        return not process_runtime.is_alive(pid, create_time)
-    try:
-        if not process_runtime.is_alive(pid, create_time):
-            return True
-        loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(True))
-        try:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exited), timeout_s)
-        finally:
-            loop.remove_reader(fd)
-        return exited.done() or not process_runtime.is_alive(pid, create_time)
+        return await watch.wait(timeout_s)
     finally:
-        os.close(fd)
+        watch.close()
+
+
+async def _poll_until_gone(alive, timeout_s: float, poll_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(poll_s, remaining))
+        if not alive():
+            return True
+    return False
 
 
 class HeldExitWatch:
@@ -145,8 +140,8 @@ class HeldExitWatch:
 
     supervise looks at its engine every few seconds for as long as it serves; asking psutil each
     time (and opening a pidfd per wait) read /proc three times per look: with ~600 engines, ~10% of
-    the worker's busy time. The pidfd is opened once, checked against the record's create time (a
-    reused pid is not ours), and is readable from the moment the engine exits."""
+    the worker's busy time. The pidfd is opened once, checked against the process's create time (a
+    reused pid is not ours), and is readable from the moment the process exits."""
 
     def __init__(self, fd: int):
         self._fd = fd
@@ -161,15 +156,21 @@ class HeldExitWatch:
 
     @classmethod
     def open(cls, record: EngineRecord | None) -> "HeldExitWatch | None":
-        """None for a container, a process already gone, or a system without pidfd: the caller then
-        asks EngineView each time."""
-        if record is None or record.runtime == "container" or not hasattr(os, "pidfd_open"):
+        """None for a container, or where of_process gives none: the caller then asks EngineView."""
+        if record is None or record.runtime == "container":
+            return None
+        return cls.of_process(record.pid, record.pid_create_time)
+
+    @classmethod
+    def of_process(cls, pid: int, create_time: float) -> "HeldExitWatch | None":
+        """None for a process already gone (or a reused pid), or a system without pidfd (macOS)."""
+        if not hasattr(os, "pidfd_open"):
             return None
         try:
-            fd = os.pidfd_open(record.pid)
+            fd = os.pidfd_open(pid)
         except OSError:
             return None
-        if not process_runtime.is_alive(record.pid, record.pid_create_time):
+        if not process_runtime.is_alive(pid, create_time):
             os.close(fd)
             return None
         return cls(fd)
@@ -178,7 +179,7 @@ class HeldExitWatch:
         return self._exited.done()
 
     async def wait(self, timeout_s: float) -> bool:
-        """True as soon as the engine has exited, False after timeout_s if it still runs."""
+        """True as soon as the process has exited, False after timeout_s if it still runs."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._exited), timeout_s)
         return self._exited.done()
