@@ -27,16 +27,29 @@ from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
 from berth.workflows.deployment import DeploymentInput
 
 
+# Ports for test stacks are drawn below Linux's ephemeral range (32768-60999), from which every
+# outgoing connection takes its local port: a port the kernel handed out for bind(0) can be taken by
+# a health probe's connection before `berth up` binds it (seen in CI: the API's bind failed with
+# "address already in use"). Stack ports from one span, engine blocks from another.
+STACK_PORTS = (10000, 20000)
+ENGINE_PORT_BLOCKS = (22000, 32000)
+_handed_out: set[int] = set()  # never the same port twice in one test session
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    for _ in range(200):
+        port = random.randrange(*STACK_PORTS)
+        if port not in _handed_out and _port_free(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {STACK_PORTS[0]}-{STACK_PORTS[1] - 1}")
 
 
 def free_port_block(size: int = 100) -> str:
     for _ in range(50):
-        low = random.randrange(30000, 39000, size)
-        if all(_port_free(port) for port in range(low, low + 5)):
+        low = random.randrange(ENGINE_PORT_BLOCKS[0], ENGINE_PORT_BLOCKS[1] - size, size)
+        if low not in _handed_out and all(_port_free(port) for port in range(low, low + 5)):
+            _handed_out.add(low)
             return f"{low}-{low + size - 1}"
     raise RuntimeError("no free block of ports for engines")
 
