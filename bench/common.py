@@ -31,6 +31,7 @@ from berth.domain.temporal_names import STATE_QUERY, STATUS_ATTRIBUTE, workflow_
 from berth.testing.harness import (
     RunningStack,
     free_port,
+    port_free,
     processes_with_home,
     start_deployment,
 )
@@ -266,18 +267,8 @@ def write_json(path: Path, bench: Bench, machine_info: dict, runtime_s: float, a
 def free_port_range(size: int) -> str:
     """A block of `size` free ports below Linux's ephemeral range (32768+), for BERTH_PORT_RANGE: the
     harness's default block of 100 would cap a stack at 100 engines."""
-    import socket
-
     for low in range(21000, 32700 - size, 500):
-        ok = True
-        for port in range(low, low + size):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+        if all(port_free(port) for port in range(low, low + size)):
             return f"{low}-{low + size - 1}"
     raise RuntimeError(f"no block of {size} free ports in 21000-32767")
 

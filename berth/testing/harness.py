@@ -39,7 +39,7 @@ _handed_out: set[int] = set()  # never the same port twice in one test session
 def free_port() -> int:
     for _ in range(200):
         port = random.randrange(*STACK_PORTS)
-        if port not in _handed_out and _port_free(port):
+        if port not in _handed_out and port_free(port):
             _handed_out.add(port)
             return port
     raise RuntimeError(f"no free port in {STACK_PORTS[0]}-{STACK_PORTS[1] - 1}")
@@ -48,13 +48,13 @@ def free_port() -> int:
 def free_port_block(size: int = 100) -> str:
     for _ in range(50):
         low = random.randrange(ENGINE_PORT_BLOCKS[0], ENGINE_PORT_BLOCKS[1] - size, size)
-        if low not in _handed_out and all(_port_free(port) for port in range(low, low + 5)):
+        if low not in _handed_out and all(port_free(port) for port in range(low, low + 5)):
             _handed_out.add(low)
             return f"{low}-{low + size - 1}"
     raise RuntimeError("no free block of ports for engines")
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
