@@ -1,0 +1,81 @@
+"""await_ready's wait between probes: woken by the engine's log or its exit, on real processes."""
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from berth.activities import readiness
+from berth.activities.engine_watch import HeldExitWatch
+from berth.activities.readiness import LogGrowth, until_next_probe
+
+# Writes one line to its log after a moment, then waits to be killed.
+LOGS_LATER = "import sys, time; time.sleep(0.3); open(sys.argv[1], 'a').write('serving\\n'); time.sleep(60)"
+
+
+@pytest.fixture
+def engine_log(tmp_path):
+    path = tmp_path / "engine.log"
+    path.write_text("loading\n")
+    return path
+
+
+def _start(script: str, *args: str) -> tuple[subprocess.Popen, HeldExitWatch]:
+    process = subprocess.Popen([sys.executable, "-c", script, *args])
+    watch = HeldExitWatch.of_process(process.pid, psutil.Process(process.pid).create_time())
+    assert watch is not None
+    return process, watch
+
+
+async def test_a_new_log_line_brings_the_probe_forward(engine_log, monkeypatch):
+    monkeypatch.setattr(readiness, "QUIET_POLL_S", 30.0)
+    process, watch = _start(LOGS_LATER, str(engine_log))
+    try:
+        log = LogGrowth(engine_log)
+        started = time.monotonic()
+        await until_next_probe(None, watch, log, budget_s=60)
+        assert time.monotonic() - started < 15, "the line woke the wait, not the 30 s poll"
+        assert engine_log.read_text().endswith("serving\n")
+        assert not log.grew(), "the growth was taken by the wait"
+    finally:
+        watch.close()
+        process.kill()
+        process.wait()
+
+
+async def test_an_exit_ends_the_wait_and_a_quiet_log_waits_out_the_poll(engine_log, monkeypatch):
+    process, watch = _start("import time; time.sleep(60)")
+    try:
+        log = LogGrowth(engine_log)
+        started = time.monotonic()
+        await until_next_probe(None, watch, log, budget_s=60)
+        assert time.monotonic() - started >= readiness.QUIET_POLL_S - 0.01, "nothing happened: a full poll"
+        started = time.monotonic()
+        await until_next_probe(None, watch, log, budget_s=0.05)
+        assert time.monotonic() - started < readiness.QUIET_POLL_S, "never past the budget"
+
+        monkeypatch.setattr(readiness, "QUIET_POLL_S", 30.0)
+        process.kill()
+        started = time.monotonic()
+        await until_next_probe(None, watch, log, budget_s=60)
+        assert time.monotonic() - started < 15, "the exit woke the wait"
+        assert watch.exited()
+    finally:
+        watch.close()
+        process.kill()
+        process.wait()
+
+
+def test_log_growth_sees_a_log_that_appears_grows_or_is_replaced(tmp_path):
+    path = tmp_path / "later.log"
+    log = LogGrowth(path)
+    assert not log.grew(), "no log yet, and still none"
+    path.write_text("first line\n")
+    assert log.grew() and not log.grew()
+    with path.open("a") as file:
+        file.write("second\n")
+    assert log.grew() and not log.grew()
+    path.write_text("x\n")  # rotated: shorter than before
+    assert log.grew()
