@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from berth.api_token import load_api_token
 from berth.api.server import api_url
@@ -218,6 +219,9 @@ async def deployment_state(client: Client, name: str) -> DeploymentState:
     return await handle.query(STATE_QUERY, result_type=DeploymentState)
 
 
+UNANSWERED_QUERY = {RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNAVAILABLE}
+
+
 async def wait_for_status(
     client: Client,
     name: str,
@@ -225,17 +229,28 @@ async def wait_for_status(
     timeout_s: float = 60,
     poll_s: float = 0.02,
 ) -> DeploymentState:
+    """Query until the status is one of `statuses`. A query that no worker answered (one was just
+    killed: Temporal first waits for it on its sticky queue, and may give up with CANCELLED or
+    DEADLINE_EXCEEDED) is asked again, until the timeout."""
     wanted = {statuses} if isinstance(statuses, DeploymentStatus) else set(statuses)
     deadline = time.monotonic() + timeout_s
-    state = None
+    state, unanswered = None, None
     while time.monotonic() < deadline:
-        state = await deployment_state(client, name)
+        try:
+            state = await deployment_state(client, name)
+        except RPCError as error:
+            if error.status not in UNANSWERED_QUERY:
+                raise
+            unanswered = error
+            await asyncio.sleep(poll_s)
+            continue
         if state.status in wanted:
             return state
         await asyncio.sleep(poll_s)
     raise AssertionError(
         f"{name} did not reach {sorted(s.value for s in wanted)} within {timeout_s} s; last state:\n"
         + (state.model_dump_json(indent=1) if state else "none")
+        + (f"\nlast unanswered query: {unanswered.status.name} {unanswered}" if unanswered else "")
     )
 
 
