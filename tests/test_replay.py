@@ -3,8 +3,8 @@ DeploymentWorkflow without a nondeterminism error.
 
 The histories (tests/fixtures/histories/<generation>/<kind>.json) come from a real stack, through
 `python -m berth.testing.record_histories tests/fixtures/histories/<generation>`: v1 before the
-fast-recovery and concurrent-node-steps patches, v2 with them, v3 also with plan-with-files; all
-must keep replaying. When this
+fast-recovery and concurrent-node-steps patches, v2 with them, v3 also with plan-with-files, v4
+with select-with-files (no select_engine step); all must keep replaying. When this
 test fails after a change of deployment.py:
   - before a release: the change is fine if it is intended; record the histories again;
   - after a release: running workflows have such histories; guard the change with
@@ -35,12 +35,13 @@ with workflow.unsafe.imports_passed_through():
         CONCURRENT_NODE_STEPS_PATCH,
         FAST_RECOVERY_PATCH,
         PLAN_WITH_FILES_PATCH,
+        SELECT_WITH_FILES_PATCH,
         DeploymentInput,
         DeploymentWorkflow,
     )
 
 HISTORIES = Path(__file__).parent / "fixtures" / "histories"
-GENERATIONS = ("v1", "v2", "v3")
+GENERATIONS = ("v1", "v2", "v3", "v4")
 RECORDINGS = [(generation, kind) for generation in GENERATIONS for kind in KINDS]
 END_EVENT = {
     "COMPLETED": "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
@@ -88,8 +89,9 @@ def test_the_recording_is_what_its_name_says(generation, kind):
         if event["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
     ]
     assert activities[0] == "place_deployment"
-    # v3: the memory plan comes with the files (no step of its own)
-    assert ("plan_resources" in activities) == (generation != "v3" and kind != "stop-early")
+    # v3 on: the memory plan comes with the files (no step of its own); v4: the engine's choice too
+    assert ("plan_resources" in activities) == (generation in ("v1", "v2") and kind != "stop-early")
+    assert ("select_engine" in activities) == (generation != "v4" and kind != "stop-early")
     signals = [
         event["workflowExecutionSignaledEventAttributes"]["signalName"]
         for event in events
@@ -111,14 +113,17 @@ def test_the_recording_is_what_its_name_says(generation, kind):
 
 def expected_patches(generation: str, kind: str) -> set[str]:
     """v1: before the patches; v2: fast recovery (where something failed) and concurrent node steps
-    (where a step ran: not in stop-early); v3: also the plan with the files."""
+    (where a step ran: not in stop-early); v3: also the plan with the files; v4: the engine's choice
+    with the files, which the older node-step patches are not asked about any more."""
     expected = set()
     if generation in ("v2", "v3") and kind != "stop-early":
         expected.add(CONCURRENT_NODE_STEPS_PATCH)
-    if generation in ("v2", "v3") and kind in ("failure", "retry"):
+    if generation in ("v2", "v3", "v4") and kind in ("failure", "retry"):
         expected.add(FAST_RECOVERY_PATCH)
     if generation == "v3" and kind != "stop-early":
         expected.add(PLAN_WITH_FILES_PATCH)
+    if generation == "v4" and kind != "stop-early":
+        expected.add(SELECT_WITH_FILES_PATCH)
     return expected
 
 

@@ -6,11 +6,12 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from berth.activities.files import prepare_files
 from berth.activities.hardware import clear_hardware_cache
 from berth.activities.selection import select_engine as select_engine_activity
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
-from berth.domain.pipeline import SelectEngineInput
+from berth.domain.pipeline import PrepareFilesInput, SelectEngineInput
 from berth.engines.registry import ENGINES
 from berth.engines.selection import SelectionRefused, assess_engines, select_engine
 
@@ -225,3 +226,39 @@ async def test_activity_refuses_vllm_on_this_gpu_less_node(tmp_path):
         await _run(str(folder), "vllm")
     assert raised.value.type == ErrorCode.ENGINE_UNAVAILABLE.value
     assert "NVIDIA GPU" in _failure(raised.value).message
+
+
+# ---- the same choice, made by prepare_files first (select-with-files-v1) ------------------------
+
+
+async def _prepare(model: str, override: str = "auto", **fields):
+    request = PrepareFilesInput(deployment="d", model=model, choose_engine=True, override=override, **fields)
+    return await ActivityEnvironment().run(prepare_files, request)
+
+
+async def test_prepare_files_chooses_the_engine_then_plans_the_memory_for_it(tiny_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
+    prepared = await _prepare(str(tiny_gguf), plan_memory=True)
+    assert prepared.choice is not None and prepared.choice.engine == "llamacpp"
+    assert prepared.choice == await _run(str(tiny_gguf)), "the same choice as the select_engine step"
+    assert prepared.path == str(tiny_gguf.resolve()) and prepared.format == "gguf"
+    assert prepared.plan is not None and prepared.plan.context_size, "planned for the chosen engine"
+
+
+async def test_prepare_files_refuses_before_fetching_anything(tmp_path, monkeypatch):
+    """A remote model no engine here serves: ENGINE_UNAVAILABLE from its name, no download tried
+    (the URL's port answers nothing: a fetch would have failed as a connection error instead)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("BERTH_HOME", str(home))
+    with pytest.raises(ApplicationError) as raised:
+        await _prepare("http://127.0.0.1:9/model.onnx")
+    assert raised.value.type == ErrorCode.ENGINE_UNAVAILABLE.value
+    assert "ONNX" in _failure(raised.value).message
+    assert not list((home / "models").rglob("*.onnx*")), "nothing fetched"
+
+
+async def test_prepare_files_without_choose_engine_leaves_the_choice_to_the_workflow(tiny_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
+    request = PrepareFilesInput(deployment="d", model=str(tiny_gguf), engine="llamacpp")
+    prepared = await ActivityEnvironment().run(prepare_files, request)
+    assert prepared.choice is None and prepared.plan is None

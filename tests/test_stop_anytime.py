@@ -32,7 +32,6 @@ from berth.domain.pipeline import (
     PREPARE_FILES,
     RELEASE_PORT,
     REMOVE_ROUTE,
-    SELECT_ENGINE,
     STOP_ENGINE,
     SUPERVISE,
     EngineChoice,
@@ -44,7 +43,6 @@ from berth.domain.pipeline import (
     PrepareFilesInput,
     ReadyRequest,
     RouteRequest,
-    SelectEngineInput,
     StopRequest,
 )
 from berth.domain.spec import DeploymentSpec, RestartPolicy
@@ -277,10 +275,9 @@ async def test_stop_while_the_worker_is_down_completes_when_it_returns(stack, cl
 # stop lands, every time, while that step runs: no timing luck involved.
 
 HELD_STEPS = [
-    SELECT_ENGINE,
     ALLOCATE_PORT,
+    PREPARE_FILES,  # also chooses the engine (select-with-files-v1) and plans the memory
     CONFIGURE_ROUTE,
-    PREPARE_FILES,  # also plans the memory (plan-with-files-v1)
     LAUNCH_ENGINE,
     AWAIT_READY,
 ]
@@ -307,11 +304,6 @@ class StandIns:
         async def place(node: str | None) -> str:
             return self.NODE
 
-        @activity.defn(name=SELECT_ENGINE)
-        async def select(request: SelectEngineInput) -> EngineChoice:
-            await self._maybe_hold(SELECT_ENGINE)
-            return EngineChoice(engine="llamacpp", reasons=["stand-in"])
-
         @activity.defn(name=ALLOCATE_PORT)
         async def allocate(request: PortRequest) -> int:
             await self._maybe_hold(ALLOCATE_PORT)
@@ -325,7 +317,8 @@ class StandIns:
         @activity.defn(name=PREPARE_FILES)
         async def files(request: PrepareFilesInput) -> PreparedModel:
             await self._maybe_hold(PREPARE_FILES)
-            return PreparedModel(path=request.model, format="gguf")
+            choice = EngineChoice(engine="llamacpp", reasons=["stand-in"]) if request.choose_engine else None
+            return PreparedModel(path=request.model, format="gguf", choice=choice)
 
         @activity.defn(name=LAUNCH_ENGINE)
         async def launch(request: LaunchRequest) -> EngineHandle:
@@ -362,7 +355,7 @@ class StandIns:
         async def release_port(request: PortRequest) -> None:
             pass
 
-        return [place, select, allocate, route, files, launch, ready, supervise, stop_engine,
+        return [place, allocate, route, files, launch, ready, supervise, stop_engine,
                 remove_route, release_port]
 
 

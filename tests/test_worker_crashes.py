@@ -12,7 +12,7 @@ from berth.testing.harness import engine_processes, start_deployment, wait_for_s
 from berth.worker.fault_injection import FAULT_FILE
 
 STEPS = [
-    "end:select_engine",
+    "end:prepare_files",  # the engine chosen, the files in place, the result never reached Temporal
     "end:allocate_port",
     "end:configure_route",
     "end:launch_engine",  # the engine runs, its handle never reached Temporal

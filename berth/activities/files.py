@@ -1,5 +1,8 @@
 """prepare_files: make the model's files present on this node and say where they are.
 
+Asked to (choose_engine), it first chooses the engine (berth.activities.selection), before
+anything is fetched: one round trip through Temporal fewer than a select_engine step.
+
 Local paths are used in place, never copied, after a check that they exist and can be read.
 A preset name (berth.presets) that is not a path here is resolved first: a packaged preset is
 assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
@@ -18,10 +21,11 @@ from temporalio import activity
 from berth.activities.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_reference import LocalReference
-from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel
+from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel, SelectEngineInput
 from berth.activities.download_progress import ProgressReporter
 from berth.activities.model_source import local_model_format, model_source, wanted_format
 from berth.activities.planning import plan_for
+from berth.activities.selection import choose_engine
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.presets import (
     Preset,
@@ -71,7 +75,13 @@ async def assemble_preset(preset: Preset, models_dir: Path) -> str:
 
 @activity.defn(name=PREPARE_FILES)
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
+    choice = None
+    if request.choose_engine:  # before any download: a model no engine here serves fails now
+        choice = await choose_engine(SelectEngineInput(model=request.model, override=request.override))
+        request = request.model_copy(update={"engine": choice.engine})
     prepared = await files_in_place(request)
+    if choice:
+        prepared = prepared.model_copy(update={"choice": choice})
     if request.plan_memory and request.engine:
         # a model that cannot fit fails here (OOM), before anything is launched
         plan = await asyncio.to_thread(

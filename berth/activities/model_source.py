@@ -1,6 +1,7 @@
 """What a deployment's `model` names on this node, and which format an engine wants: shared by
-select_engine (before anything is fetched) and prepare_files. Light on purpose: the API imports it
-(through select_engine, for GET /v1/engines) and must not load the GGUF reader or the downloaders.
+the engine's choice (berth.activities.selection, before anything is fetched) and prepare_files.
+Light on purpose: the API imports it (through the selection, for GET /v1/engines) and must not
+load the GGUF reader or the downloaders.
 """
 
 from pathlib import Path

@@ -1,4 +1,6 @@
-"""select_engine: which engine serves this model on this node (the node's hardware, probed).
+"""Which engine serves this model on this node (the node's hardware, probed): the first thing
+prepare_files does when the workflow has not chosen one (and the select_engine activity of older
+workflow histories).
 
 It runs before the files are fetched, so a remote model's format comes from its name (a URL, a
 named hub file), from the node's cache, or from the hub repo's file list (one listing, no
@@ -83,6 +85,12 @@ def model_bytes_of(reference: str) -> int | None:
 
 @activity.defn(name=SELECT_ENGINE)
 async def select_engine(request: SelectEngineInput) -> EngineChoice:
+    """A step of its own in histories from before the select-with-files patch (prepare_files chooses
+    the engine since)."""
+    return await choose_engine(request)
+
+
+async def choose_engine(request: SelectEngineInput) -> EngineChoice:
     model_format = await format_for_selection(request.model, request.override)
     hardware = await asyncio.to_thread(probe_hardware)
     try:

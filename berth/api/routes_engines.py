@@ -3,7 +3,7 @@
 The same report backs `berth engines [MODEL]`, which computes it locally (engines_report) when no
 API answers. Everything comes from the functions the pipeline itself uses: the hardware probe
 (berth.activities.hardware), engine assessment and selection (berth.engines.selection), and the
-model's format as the select_engine activity reads it (berth.activities.selection).
+model's format as the pipeline's choice of engine reads it (berth.activities.selection).
 """
 
 import asyncio

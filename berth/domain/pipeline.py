@@ -47,6 +47,10 @@ class PrepareFilesInput(BaseModel):
     deployment: str
     model: str
     engine: str | None = None  # the chosen engine: which files of a hub repo it needs
+    # choose the engine here first (`engine` is then ignored), with this override ("auto": by the
+    # model's format and the node's hardware), and return it in PreparedModel.choice
+    choose_engine: bool = False
+    override: str = "auto"
     # files berth fetched before and that are gone now: fetch them again (first deploy, user's
     # retry) or stop at MUST_REDOWNLOAD (an automatic restart)
     may_refetch: bool = True
@@ -61,6 +65,7 @@ class PreparedModel(BaseModel):
     format: str  # "gguf", "safetensors", ...
     note: str | None = None  # e.g. which GGUF of a hub repo was chosen, and why
     plan: ResourcePlan | None = None  # with plan_memory; None too when the header cannot be read
+    choice: EngineChoice | None = None  # with choose_engine
 
 
 class LaunchRequest(BaseModel):

@@ -1,7 +1,8 @@
 """DeploymentWorkflow: one durable workflow per deployment, from "serve this model" to serving, and
 then keeping it serving until the user stops it.
 
-    REQUESTED -> DEPLOYING (select engine, allocate port, route, files, memory plan, launch)
+    REQUESTED -> DEPLOYING (placement; files with the engine's choice first and the memory plan
+                            after, beside the port; launch, beside the route)
               -> INITIALIZING (await ready) -> DEPLOYED (supervise)
               -> on failure: classify -> ERROR (automatic retry after a backoff) | FAILED | MUST_REDOWNLOAD
     stop / Temporal cancel -> teardown (engine, route, port) -> STOPPED
@@ -85,6 +86,9 @@ CONCURRENT_NODE_STEPS_PATCH = "concurrent-node-steps-v1"
 # its result can land in a later workflow task than the one that ran it, and the patch checks after
 # it then replay differently: a nondeterminism error caught by the replay test.)
 PLAN_WITH_FILES_PATCH = "plan-with-files-v1"
+# Since this patch, prepare_files chooses the engine first (no select_engine step: one round trip
+# fewer before the launch), allocate_port runs beside it, and configure_route beside launch_engine.
+SELECT_WITH_FILES_PATCH = "select-with-files-v1"
 
 # Short node-side steps (milliseconds of work): retried a few times, then the deployment fails
 # with their error. The timeout is also how long a worker killed mid-step delays the retry.
@@ -205,49 +209,24 @@ class DeploymentWorkflow:
         spec, instance = self._state.spec, self._state.instances[0]
         node_queue = node_task_queue(instance.node)
         self._transition(DeploymentStatus.DEPLOYING, "selecting an engine")
-        plan_with_files = workflow.patched(PLAN_WITH_FILES_PATCH)
         try:
-            if workflow.patched(CONCURRENT_NODE_STEPS_PATCH):
+            if workflow.patched(SELECT_WITH_FILES_PATCH):
                 # independent steps side by side: each is a round trip through Temporal
-                self._set_instance(InstanceStatus.REQUESTED)
-                choice, instance.port = await _together(
-                    self._select_engine(node_queue), self._allocate_port(node_queue)
-                )
-                self._record_engine(choice)
                 self._set_instance(InstanceStatus.COPYING_FILES)
-                self._state.endpoint, model = await _together(
-                    self._configure_route(node_queue, choice),
-                    self._prepare_files(node_queue, choice, plan_memory=plan_with_files),
+                instance.port, model = await _together(
+                    self._allocate_port(node_queue), self._prepare_files(node_queue, None, plan_memory=True)
                 )
-            else:  # histories from before the patch replay one step after the other
-                choice = await self._select_engine(node_queue)
+                choice = model.choice
                 self._record_engine(choice)
-                self._set_instance(InstanceStatus.REQUESTED)
-                instance.port = await self._allocate_port(node_queue)
-                self._state.endpoint = await self._configure_route(node_queue, choice)
-                self._set_instance(InstanceStatus.COPYING_FILES)
-                model = await self._prepare_files(node_queue, choice)
-            self._may_refetch = False
-            self._state.model_path, self._state.model_choice = model.path, model.note
-            plan = model.plan if plan_with_files else await self._plan_resources(node_queue, choice, model)
-            self._state.context_size = plan.context_size if plan else spec.context_size
-            self._state.resource_plan = plan.reasons if plan else []
-
-            self._set_instance(InstanceStatus.STARTING)
-            handle: EngineHandle = await self._step(
-                LAUNCH_ENGINE,
-                LaunchRequest(
-                    instance_id=instance.instance_id,
-                    deployment=spec.name,
-                    engine=choice.engine,
-                    model_path=model.path,
-                    port=instance.port,
-                    context_size=self._state.context_size,
-                    engine_args=spec.engine_args,
-                    env=spec.env,
-                ),
-                task_queue=node_queue, result_type=EngineHandle, **QUICK,
-            )
+                self._take_files(model, model.plan)
+                self._set_instance(InstanceStatus.STARTING)
+                self._state.endpoint, handle = await _together(
+                    self._configure_route(node_queue, choice), self._launch(node_queue, choice, model)
+                )
+            else:  # histories from before the patch replay the steps of their time
+                choice, model = await self._steps_before_select_with_files(node_queue)
+                self._set_instance(InstanceStatus.STARTING)
+                handle = await self._launch(node_queue, choice, model)
             instance.pid, instance.log_path = handle.pid, handle.log_path
 
             self._transition(DeploymentStatus.INITIALIZING, f"{choice.engine} is loading the model")
@@ -285,6 +264,39 @@ class DeploymentWorkflow:
 
     # ---- the node steps before launch --------------------------------------------------------------
 
+    async def _steps_before_select_with_files(self, node_queue: str) -> tuple[EngineChoice, PreparedModel]:
+        """The order of histories from before SELECT_WITH_FILES_PATCH: select_engine a step of its
+        own, beside allocate_port (one after the other before CONCURRENT_NODE_STEPS_PATCH), then
+        the route beside the files (the memory plan a step of its own before PLAN_WITH_FILES_PATCH)."""
+        instance = self._state.instances[0]
+        plan_with_files = workflow.patched(PLAN_WITH_FILES_PATCH)
+        if workflow.patched(CONCURRENT_NODE_STEPS_PATCH):
+            self._set_instance(InstanceStatus.REQUESTED)
+            choice, instance.port = await _together(self._select_engine(node_queue), self._allocate_port(node_queue))
+            self._record_engine(choice)
+            self._set_instance(InstanceStatus.COPYING_FILES)
+            self._state.endpoint, model = await _together(
+                self._configure_route(node_queue, choice),
+                self._prepare_files(node_queue, choice, plan_memory=plan_with_files),
+            )
+        else:
+            choice = await self._select_engine(node_queue)
+            self._record_engine(choice)
+            self._set_instance(InstanceStatus.REQUESTED)
+            instance.port = await self._allocate_port(node_queue)
+            self._state.endpoint = await self._configure_route(node_queue, choice)
+            self._set_instance(InstanceStatus.COPYING_FILES)
+            model = await self._prepare_files(node_queue, choice)
+        plan = model.plan if plan_with_files else await self._plan_resources(node_queue, choice, model)
+        self._take_files(model, plan)
+        return choice, model
+
+    def _take_files(self, model: PreparedModel, plan: ResourcePlan | None) -> None:
+        self._may_refetch = False
+        self._state.model_path, self._state.model_choice = model.path, model.note
+        self._state.context_size = plan.context_size if plan else self._state.spec.context_size
+        self._state.resource_plan = plan.reasons if plan else []
+
     async def _select_engine(self, node_queue: str) -> EngineChoice:
         spec = self._state.spec
         return await self._step(
@@ -311,12 +323,16 @@ class DeploymentWorkflow:
             task_queue=node_queue, result_type=str, **QUICK,
         )
 
-    async def _prepare_files(self, node_queue: str, choice: EngineChoice, plan_memory: bool = False) -> PreparedModel:
+    async def _prepare_files(
+        self, node_queue: str, choice: EngineChoice | None, plan_memory: bool = False
+    ) -> PreparedModel:
+        """choice None: prepare_files chooses the engine first (PreparedModel.choice)."""
         spec = self._state.spec
         return await self._step(
             PREPARE_FILES,
             PrepareFilesInput(
-                deployment=spec.name, model=spec.model, engine=choice.engine, may_refetch=self._may_refetch,
+                deployment=spec.name, model=spec.model, engine=choice.engine if choice else None,
+                choose_engine=choice is None, override=spec.engine, may_refetch=self._may_refetch,
                 plan_memory=plan_memory, context_size=spec.context_size,
             ),
             task_queue=node_queue,
@@ -327,6 +343,23 @@ class DeploymentWorkflow:
             heartbeat_timeout=timedelta(seconds=3),
             retry_policy=QUICK["retry_policy"],
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _launch(self, node_queue: str, choice: EngineChoice, model: PreparedModel) -> EngineHandle:
+        spec, instance = self._state.spec, self._state.instances[0]
+        return await self._step(
+            LAUNCH_ENGINE,
+            LaunchRequest(
+                instance_id=instance.instance_id,
+                deployment=spec.name,
+                engine=choice.engine,
+                model_path=model.path,
+                port=instance.port,
+                context_size=self._state.context_size,
+                engine_args=spec.engine_args,
+                env=spec.env,
+            ),
+            task_queue=node_queue, result_type=EngineHandle, **QUICK,
         )
 
     async def _plan_resources(self, node_queue: str, choice: EngineChoice, model: PreparedModel) -> ResourcePlan | None:
