@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 
 from berth.http_check import answers_ok
+from berth.gc_pauses import freeze_start_up_objects
 from berth.settings import Settings
 
 API_HOST = "127.0.0.1"
@@ -34,8 +35,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s api %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
     settings.ensure_dirs()
+    app = create_app(settings)
+    freeze_start_up_objects()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=api_host(),
         port=settings.api_port,
         log_level="info",
