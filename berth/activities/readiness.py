@@ -30,6 +30,9 @@ from berth.settings import Settings
 POLL_S = 0.05  # between probes where the log cannot tell when to look (a container; no pidfd, as on macOS)
 QUIET_POLL_S = 0.2  # between probes while a watched log stays quiet
 LOG_CHECK_S = 0.01  # how often the log's size is looked at meanwhile (a stat, nothing read)
+# between probes through the gateway once the engine itself is ready: what is awaited then is
+# Traefik's next check of it, and Traefik answers these itself (503) until that check passes
+GATEWAY_POLL_S = 0.01
 HEARTBEAT_S = 1.0
 UNHEALTHY_PROBES = 3  # consecutive "broken" answers from the engine itself before it has failed
 
@@ -79,7 +82,11 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
             if now - last_heartbeat >= HEARTBEAT_S:
                 activity.heartbeat(last_seen.value)
                 last_heartbeat = now
-            await until_next_probe(view, watch, log, deadline - now)
+            if direct:
+                await until_next_probe(view, watch, log, deadline - now)
+            else:  # the engine serves: only the gateway's own check of it (routing.UNHEALTHY_INTERVAL) lags
+                wait_s = min(GATEWAY_POLL_S, deadline - now)
+                await (watch.wait(wait_s) if watch else view.wait_for_exit(wait_s))
     finally:
         if watch:
             watch.close()
