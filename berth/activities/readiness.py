@@ -116,8 +116,8 @@ async def until_next_probe(view: EngineView, watch: HeldExitWatch | None, log: L
     writes to its log, else after QUIET_POLL_S. llama.cpp's server (and berth's launcher for it) says
     nothing while the weights load and logs the moment it serves: the probe that sees it follows
     within LOG_CHECK_S, where a 50 ms poll was 25 ms late on average and probed ~40 times in a 2 s
-    load. Without a held watch (a container, whose log is Docker's; no pidfd, as on
-    macOS): every POLL_S."""
+    load. Without a held watch (a container, whose log is Docker's; no pidfd, as on macOS): every
+    POLL_S."""
     if watch is None:
         await view.wait_for_exit(min(POLL_S, budget_s))
         return
