@@ -1,12 +1,13 @@
-"""One way to reach Temporal, for the worker, the API and the tests: pydantic payloads everywhere."""
+"""One way to reach Temporal, for the worker, the API and the tests: pydantic payloads everywhere
+(berth.payload_converter)."""
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from berth.payload_converter import berth_data_converter
 from berth.settings import NAMESPACE, Settings
 
 
 async def connect(settings: Settings) -> Client:
     return await Client.connect(
-        settings.temporal_address, namespace=NAMESPACE, data_converter=pydantic_data_converter
+        settings.temporal_address, namespace=NAMESPACE, data_converter=berth_data_converter
     )
