@@ -53,7 +53,10 @@ class EngineView:
     def stopped_by_shutdown(self) -> bool:
         return self.record is not None and self.record.stopped_by_shutdown
 
-    def alive(self) -> bool:
+    def alive(self, watch: "HeldExitWatch | None" = None) -> bool:
+        """With the engine's held watch: its pidfd says, not /proc."""
+        if watch is not None:
+            return self.record is not None and not watch.exited()
         return self.record is not None and record_alive(self.record)
 
     def log_lines(self, max_lines: int = 200) -> list[str]:
@@ -105,10 +108,13 @@ class EngineView:
             )
         return Failure(code=ErrorCode.RUNTIME_ERROR, message=message, log_lines=lines[-20:])
 
-    async def wait_for_exit(self, timeout_s: float) -> bool:
-        """True as soon as the engine is seen gone, False after timeout_s if it still runs."""
+    async def wait_for_exit(self, timeout_s: float, watch: "HeldExitWatch | None" = None) -> bool:
+        """True as soon as the engine is seen gone, False after timeout_s if it still runs (through
+        the engine's held watch when given one)."""
         if self.record is None:
             return True
+        if watch is not None:
+            return await watch.wait(timeout_s)
         if not self.in_container:
             return await wait_for_exit(self.record.pid, self.record.pid_create_time, timeout_s)
         return await _poll_until_gone(self.alive, timeout_s, CONTAINER_POLL_S)

@@ -60,8 +60,7 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
             view = EngineView.of(handle, records)  # read again: a shutdown shows there
             if view.stopped_by_shutdown:
                 return EngineOutcome(node_shutdown=True)
-            alive = (view.record is not None and not watch.exited()) if watch else view.alive()
-            if not alive:
+            if not view.alive(watch):
                 return EngineOutcome(failure=view.exit_failure())
             last_seen = await engine.probe(probe_client(headers), probe_urls[0])
             direct = len(probe_urls) == 2
@@ -85,8 +84,7 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
             if direct:
                 await until_next_probe(view, watch, log, deadline - now)
             else:  # the engine serves: only the gateway's own check of it (routing.UNHEALTHY_INTERVAL) lags
-                wait_s = min(GATEWAY_POLL_S, deadline - now)
-                await (watch.wait(wait_s) if watch else view.wait_for_exit(wait_s))
+                await view.wait_for_exit(min(GATEWAY_POLL_S, deadline - now), watch)
     finally:
         if watch:
             watch.close()

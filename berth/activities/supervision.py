@@ -34,8 +34,7 @@ async def supervise(handle: EngineHandle) -> EngineOutcome:
             served_s = time.time() - since
             if view.stopped_by_shutdown:
                 return EngineOutcome(node_shutdown=True, served_s=served_s)
-            alive = (view.record is not None and not watch.exited()) if watch else view.alive()
-            if not alive:
+            if not view.alive(watch):
                 return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
             readiness = await engine.probe(probe_client(), base_url, after_ready=True)
             if readiness is Readiness.READY:
@@ -47,10 +46,7 @@ async def supervise(handle: EngineHandle) -> EngineOutcome:
                     message = f"the engine is running but stopped answering its health check ({seen})"
                     return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
             activity.heartbeat(served_s)
-            if watch:
-                await watch.wait(HEALTH_INTERVAL_S)
-            else:
-                await view.wait_for_exit(HEALTH_INTERVAL_S)
+            await view.wait_for_exit(HEALTH_INTERVAL_S, watch)
     finally:
         if watch:
             watch.close()
