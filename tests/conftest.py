@@ -38,6 +38,8 @@ def stack(tmp_path_factory):
         extra_env={
             "BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
             "BERTH_FAULT_INJECTION": "1",
+            # the worker-crash tests kill the worker on purpose, 8 times in about a minute
+            "BERTH_MAX_RESTARTS_PER_MINUTE": "30",
             # a node with little memory, so that a too-big context is refused before launch
             "BERTH_MEMORY_LIMIT": NODE_MEMORY_LIMIT,
         },

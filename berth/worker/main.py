@@ -29,6 +29,7 @@ from berth.gc_pauses import freeze_start_up_objects
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
 from berth.worker.fault_injection import KillWorkerInterceptor
+from berth.worker.takeover import take_over_from_dead_workers
 from berth.worker.worker_ready import announce_ready, withdraw_ready
 from berth.temporal_connection import connect
 from berth.workflows.deployment import DeploymentWorkflow
@@ -110,7 +111,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     reconciler = Reconciler(client, settings)
     try:
         async with control, node:
-            announcing = asyncio.create_task(announce_when_polling(client, settings, stop))
+            announcing = asyncio.create_task(announce_then_take_over(client, settings, stop))
             certifying = asyncio.create_task(give_gateway_a_certificate(settings))
             await reconciler.run_forever(reconcile_interval_s(), stop)
             announcing.cancel()
@@ -118,6 +119,18 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         withdraw_ready(settings)
         await close_probe_clients()
+
+
+async def announce_then_take_over(client: Client, settings: Settings, stop: asyncio.Event) -> None:
+    """Once polling: tell `berth up`, then take over what a dead worker of this node still holds
+    (its retried attempts then come to this worker)."""
+    await announce_when_polling(client, settings, stop)
+    if stop.is_set():
+        return
+    try:
+        await take_over_from_dead_workers(client, settings)
+    except Exception:  # noqa: BLE001 - the heartbeat timeouts still hand the attempts over
+        logging.exception("taking over from a dead worker failed")
 
 
 async def give_gateway_a_certificate(settings: Settings) -> None:

@@ -30,7 +30,11 @@ from berth.worker.temporal_server import temporal_answers, temporal_argv, tempor
 from berth.worker.worker_ready import worker_ready
 
 START_TIMEOUT_S = 60
-MAX_RESTARTS_PER_MINUTE = 5
+MAX_RESTARTS_PER_MINUTE = 5  # BERTH_MAX_RESTARTS_PER_MINUTE overrides it
+
+
+def max_restarts_per_minute() -> int:
+    return int(os.environ.get("BERTH_MAX_RESTARTS_PER_MINUTE") or MAX_RESTARTS_PER_MINUTE)
 
 
 class StackError(RuntimeError):
@@ -131,7 +135,7 @@ class Stack:
         now = time.monotonic()
         recent = [t for t in self._restart_times.get(process.name, []) if now - t < 60] + [now]
         self._restart_times[process.name] = recent
-        if len(recent) > MAX_RESTARTS_PER_MINUTE:
+        if len(recent) > max_restarts_per_minute():
             raise StackError(
                 f"{process.name} died {len(recent)} times in a minute; giving up. Its log "
                 f"({process.log_path}) ends with:\n{process.log_tail()}"

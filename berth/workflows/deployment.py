@@ -109,6 +109,11 @@ TEARDOWN = dict(
 WATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
 )
+# supervise heartbeats every 0.8 x this (the SDK's throttle), each a write in Temporal: measured at
+# 400 supervised deployments, Temporal spent 24% of a core on them at 15 s and 6% at 60 s. A worker
+# that dies is not waited out: its restarted successor fails the attempts it held at once
+# (berth.worker.takeover); this timeout only bounds a worker that hangs without dying.
+SUPERVISE_HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 
 
 class DeploymentInput(BaseModel):
@@ -253,7 +258,7 @@ class DeploymentWorkflow:
                 task_queue=node_queue,
                 result_type=EngineOutcome,
                 start_to_close_timeout=timedelta(days=3650),
-                heartbeat_timeout=timedelta(seconds=15),
+                heartbeat_timeout=SUPERVISE_HEARTBEAT_TIMEOUT,
                 retry_policy=WATCH_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             )
