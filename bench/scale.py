@@ -34,6 +34,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -263,6 +264,53 @@ async def _timed_reads(n: int, read) -> list[float]:
     return samples
 
 
+class ControlPlaneCpu:
+    """Samples the CPU % of each control-plane piece (not the engines) every `every_s` in a thread,
+    so the row can say what competed with the reads, phase by phase."""
+
+    def __init__(self, home: Path, every_s: float = 2.0):
+        self.every_s = every_s
+        self.pieces = {p.pid: (component(p), p) for p in processes_with_home(home) if component(p) != "engines"}
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.marks: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> ControlPlaneCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mark(self, label: str) -> None:
+        self.marks[label] = round(time.perf_counter() - self.started, 1)
+
+    def _times(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, process in self.pieces.values():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                out[name] = out.get(name, 0.0) + times.user + times.system
+        return out
+
+    def _run(self) -> None:
+        before, then = self._times(), time.perf_counter()
+        while not self._stop.wait(self.every_s):
+            now_times, now = self._times(), time.perf_counter()
+            self.samples.append((round(now - self.started, 1), {
+                k: round(100 * (v - before.get(k, 0.0)) / (now - then), 1) for k, v in now_times.items()}))
+            before, then = now_times, now
+
+    def mean_between(self, start: str, end: str) -> dict[str, float]:
+        """Mean CPU % of each piece over the samples between two marks."""
+        inside = [cpu for t, cpu in self.samples if self.marks[start] <= t <= self.marks[end] + self.every_s]
+        keys = {k for cpu in inside for k in cpu}
+        return {k: round(statistics.fmean(cpu.get(k, 0.0) for cpu in inside), 1) for k in sorted(keys)} if inside else {}
+
+
 def _cpu_and_memory(home: Path, seconds: float = 30.0) -> dict[str, dict]:
     """CPU % (averaged over `seconds`: 30 s covers one reconcile cycle of the worker) and RSS by piece."""
     processes = processes_with_home(home)
@@ -291,8 +339,10 @@ async def standin_scale(bench: Bench, asked: int) -> None:
     deploy_budget_s = bench.runs(240, 120)
     window = 30  # deployments in flight at a time: a steady stream, not one burst that all finish late
     query = f"WorkflowType = '{WORKFLOW_TYPE}'"
-    with stack_session(bench, "scale", {"BERTH_LLAMA_SERVER": str(script)}, stop_timeout_s=600, ports=n + 200) as stack:
+    with (stack_session(bench, "scale", {"BERTH_LLAMA_SERVER": str(script)}, stop_timeout_s=600, ports=n + 200) as stack,
+          ControlPlaneCpu(stack.home) as cpu):
         client = await stack.client()
+        cpu.mark("deploying")
         names: list[str] = []
         deployed_query = f"{query} AND BerthStatus = 'DEPLOYED'"
         settled_query = f"{query} AND BerthStatus IN ('DEPLOYED', 'FAILED', 'MUST_REDOWNLOAD')"
@@ -317,6 +367,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
             await asyncio.sleep(0.5)
         deployed = await _count(client, deployed_query)
         all_deployed_s = time.perf_counter() - started
+        cpu.mark("deployed")
         statuses = {}
         for status in DeploymentStatus:
             count = await _count(client, f"{query} AND BerthStatus = '{status.value}'")
@@ -335,6 +386,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
                   f"{total} in all; measuring reads")
         await asyncio.sleep(2)  # let the visibility store settle before timing the list
 
+        cpu.mark("reads")
         reads = bench.runs(10, 5)  # whole-list reads take seconds at N=1000: p99 of 10 is their max
         sample = random.Random(7)
         live = [e.id.removeprefix("deployment-") async for e in client.list_workflows(f"{query} AND BerthStatus = 'DEPLOYED'")]
@@ -373,6 +425,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
             ListWorkflowExecutionsRequest(namespace=NAMESPACE, query=query, page_size=100)))
         rows["temporal_count"] = await _timed_reads(reads, lambda: _count(client, query))
         rows["state_query"] = await _timed_reads(bench.runs(300, 200), lambda: query_state(client, sample.choice(live)))
+        cpu.mark("reads done")
         load = await asyncio.to_thread(_cpu_and_memory, stack.home)
         history_events = len(await history(client, names[0]))
         parts = []
@@ -384,12 +437,20 @@ async def standin_scale(bench: Bench, asked: int) -> None:
     def p(samples, q):
         return ms(percentile(samples, q))
 
+    def percents(cpu_by_piece: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.0f}%" for k, v in cpu_by_piece.items()) or "no samples"
+
+    contention = (f"control-plane CPU (% of one core, sampled every {cpu.every_s:.0f} s) while the reads ran: "
+                  f"{percents(cpu.mean_between('reads', 'reads done'))}; while deploying: "
+                  f"{percents(cpu.mean_between('deploying', 'deployed'))}")
     reached = len(names)
     label = f"N={total} ({deployed} DEPLOYED stand-ins" + (f", {parked} parked" if parked else "") + (
         f", {reached - deployed} other" if reached > deployed else "") + ")"
     common = {"n": total, "deployed_standins": reached, "not_deployed_errors": failures, "parked": parked, "asked": asked, "fit": fit, "standin_rss_mb": per / 1e6, "requested_s": requested_s,
               "all_deployed_s": all_deployed_s, "deployed": deployed, "statuses": statuses, "progress": progress[-30:],
-              "load_with_n": load, "history_events_each": history_events, "breakdown_s": where}
+              "load_with_n": load, "cpu_marks": cpu.marks, "cpu_timeline": cpu.samples,
+              "cpu_while_deploying": cpu.mean_between("deploying", "deployed"),
+              "cpu_while_reading": cpu.mean_between("reads", "reads done"), "history_events_each": history_events, "breakdown_s": where}
     if "rest_list" in rows:
         bench.add(Row(
             "P5a", f"GET /v1/deployments, {label} (REST, one page: {listed} rows)", f"p99 <= {ms(READ_P99_TARGET_S)}",
@@ -404,7 +465,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
                    f"p50 {p(rows['temporal_list_page_100'], 50)} / p99 {p(rows['temporal_list_page_100'], 99)}; "
                    f"count_workflows p50 {p(rows['temporal_count'], 50)}",
                    f"every page through the API (page_size 1000, following next_page_token): "
-                   f"p50 {p(rows['rest_list_all_pages'], 50)}"],
+                   f"p50 {p(rows['rest_list_all_pages'], 50)}", contention],
         ))
         bench.add(Row(
             "P5a", f"status read GET /v1/deployments/NAME (a DEPLOYED one), {label}", f"p99 <= {ms(READ_P99_TARGET_S)}",
@@ -419,7 +480,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
             passed=percentile(temporal_list, 99) <= READ_P99_TARGET_S,
             values=common | {k: summary(v) | {"samples": None} for k, v in rows.items()},
             notes=[f"STAND-IN ENGINE (bench/standin_engine.py), launched by berth's pipeline; no API answered on "
-                   f"BERTH_API_PORT, so the API's query {query!r} was timed through Temporal's list_workflows"],
+                   f"BERTH_API_PORT, so the API's query {query!r} was timed through Temporal's list_workflows", contention],
         ))
     bench.add(Row(
         "P5a", f"status read (`state` query of a DEPLOYED one), {label}", f"p99 <= {ms(READ_P99_TARGET_S)}",
