@@ -50,6 +50,7 @@ DEFAULT_IS_RIGHT = {
     "BERTH_TEMPORAL_EXTRA_ARGS": "only `berth up`'s embedded dev server",
     "BERTH_LLAMA_SERVER": "optional: without it llama.cpp runs from the xllamacpp wheel in the image",
     "BERTH_RECONCILE_INTERVAL_S": "30 s is the production period",
+    "BERTH_MAX_RESTARTS_PER_MINUTE": "read by `berth up` only; compose restarts its services itself",
     "BERTH_MEMORY_LIMIT": "optional cap below the node's memory",
     "BERTH_VLLM_IMAGE": "vllm/vllm-openai unless an operator pins another",
     "BERTH_VLLM_RUNTIME": "vLLM runs in Docker unless vllm is installed in the worker's image",
