@@ -31,7 +31,7 @@ POLL_S = 0.05  # between probes where the log cannot tell when to look (a contai
 QUIET_POLL_S = 0.2  # between probes while a watched log stays quiet
 LOG_CHECK_S = 0.01  # how often the log's size is looked at meanwhile (a stat, nothing read)
 # between probes through the gateway once the engine itself is ready: what is awaited then is
-# Traefik's next check of it, and Traefik answers these itself (503) until that check passes
+# Traefik loading the route's file (it answers 404 for the path until then)
 GATEWAY_POLL_S = 0.01
 HEARTBEAT_S = 1.0
 UNHEALTHY_PROBES = 3  # consecutive "broken" answers from the engine itself before it has failed
@@ -83,7 +83,7 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
                 last_heartbeat = now
             if direct:
                 await until_next_probe(view, watch, log, deadline - now)
-            else:  # the engine serves: only the gateway's own check of it (routing.UNHEALTHY_INTERVAL) lags
+            else:  # the engine serves: only Traefik's reload of the route can lag
                 await view.wait_for_exit(min(GATEWAY_POLL_S, deadline - now), watch)
     finally:
         if watch:

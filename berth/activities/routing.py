@@ -21,7 +21,6 @@ from berth.activities.engine_records import write_atomically
 from berth.activities.gateway_certificate import certificate_path, read_certificate
 from berth.api_token import load_api_token
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
-from berth.engines.registry import get_engine
 from berth.settings import Settings
 
 GATEWAY_ENTRYPOINT = "web"
@@ -29,23 +28,21 @@ GATEWAY_FILE = "_berth-gateway.yml"  # not a deployment: names are DNS labels, n
 AUTH_MIDDLEWARE = "berth-auth"
 STAGING_DIR = ".staging"  # route files are written here, then renamed into the watched folder
 RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
-# Traefik's health check of an engine: every HEALTH_INTERVAL while it answers, which is how a dead
-# engine is marked down (the gateway then says 503, not 502). Once down, it is asked again every
-# UNHEALTHY_INTERVAL: an engine still loading when a check came (a model that loads for longer than
-# the route takes to go live) is served through the gateway within that long of being ready, and
-# await_ready waits for that too. Measured here: 500ms made readiness through the gateway lag the
-# engine's own by 330-510 ms; 100ms by 50-80 ms; 25ms: Gemma 270M request -> DEPLOYED 1904 -> 1814 ms
-# median (18 each way, fresh stacks, alternating; the tiny model, ready before its route is live,
-# unchanged). Traefik's CPU per deployment with 50 loading at once (bench P5b) stayed at ~20 ms.
-HEALTH_INTERVAL = "5s"
-UNHEALTHY_INTERVAL = "25ms"
+# No Traefik health check on an engine: berth's own watch (await_ready, then supervise) is what says
+# whether an engine serves, and a deployment's route only points at its one engine, so Traefik has
+# nothing to balance around; a dead engine's route answers 502 until the workflow restarts the engine
+# or removes the route. Measured with 700 stand-in deployments: the checks (two per service, one per
+# router) kept Traefik at ~19% of a core for good, and each reload of the folder restarted all of
+# them, so after the last deployment Traefik worked through its queue of reloads for ~70 s at a full
+# core (~25 s without them, then 0%). They also made the gateway lag an engine that was still loading
+# when a check came (it was asked again only at the next unhealthyInterval).
 
 
 def route_path(routes_dir: Path, deployment: str) -> Path:
     return routes_dir / f"{deployment}.yml"
 
 
-def route_config(request: RouteRequest, health_path: str, token: str | None) -> dict:
+def route_config(request: RouteRequest, token: str | None) -> dict:
     name = f"berth-{request.deployment}"
     prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
     strip = f"{name}-strip"
@@ -62,15 +59,7 @@ def route_config(request: RouteRequest, health_path: str, token: str | None) -> 
             "middlewares": {strip: {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}},
             "services": {
                 name: {
-                    "loadBalancer": {
-                        "servers": [{"url": f"http://127.0.0.1:{request.port}"}],
-                        "healthCheck": {
-                            "path": health_path,
-                            "interval": HEALTH_INTERVAL,
-                            "unhealthyInterval": UNHEALTHY_INTERVAL,
-                            "timeout": "2s",
-                        },
-                    }
+                    "loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{request.port}"}]}
                 }
             },
         }
@@ -85,8 +74,7 @@ def _router(rule: str, middlewares: list[str], service: str, priority: int | Non
 
 
 def write_route(routes_dir: Path, request: RouteRequest, token: str | None = None) -> Path:
-    health_path = get_engine(request.engine).health_path
-    text = yaml.safe_dump(route_config(request, health_path, token), sort_keys=False)
+    text = yaml.safe_dump(route_config(request, token), sort_keys=False)
     path = route_path(routes_dir, request.deployment)
     try:
         if path.read_text() == text:

@@ -59,7 +59,7 @@ class Engine(ABC):
 
     name: str
     formats: frozenset[str]  # model formats it serves: "gguf", "safetensors"
-    health_path: str = "/health"  # what the router's health check asks
+    health_path: str = "/health"  # what berth's probes ask (await_ready, supervise)
     log_patterns: tuple[LogPattern, ...] = ()  # failure lines only this engine prints
 
     @abstractmethod
