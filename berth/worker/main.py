@@ -26,6 +26,7 @@ from berth.activities.routing import configure_route, remove_route, write_gatewa
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
 from berth.gc_pauses import freeze_start_up_objects
+from berth.open_files import raise_open_files_limit
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
 from berth.worker.fault_injection import KillWorkerInterceptor
@@ -179,6 +180,7 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(Settings.from_env(), stop)
 
+    raise_open_files_limit()
     freeze_start_up_objects()
     asyncio.run(_run())
 
