@@ -273,7 +273,8 @@ class ControlPlaneCpu:
 
     def __init__(self, home: Path, every_s: float = 2.0):
         self.every_s = every_s
-        self.pieces = {p.pid: (component(p), p) for p in processes_with_home(home) if component(p) != "engines"}
+        named = [(component(p), p) for p in processes_with_home(home)]  # fixed: no scan of every engine per sample
+        self.pieces = [(name, p) for name, p in named if name != "engines"]
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.marks: dict[str, float] = {}
         self.started = time.perf_counter()
@@ -293,7 +294,7 @@ class ControlPlaneCpu:
 
     def _times(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for name, process in self.pieces.values():
+        for name, process in self.pieces:
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
                 out[name] = out.get(name, 0.0) + times.user + times.system
