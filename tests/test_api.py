@@ -15,6 +15,7 @@ from berth.api_token import ensure_api_token, load_api_token
 from berth.domain.temporal_names import workflow_id
 from berth.settings import Settings
 from berth.testing.harness import engine_processes, wait_for_api_status
+from berth.activities.routing import routed
 
 FINAL = {"DEPLOYED", "STOPPED", "FAILED", "MUST_REDOWNLOAD"}
 
@@ -57,11 +58,11 @@ def assert_error(response: httpx.Response, status: int, code: str, *words: str) 
 
 
 async def assert_nothing_created(stack, client, name: str, routes_before: set[str]) -> None:
-    """No workflow of that id, no new route file, no engine process."""
+    """No workflow of that id, no new route, no engine process."""
     with pytest.raises(RPCError) as missing:
         await client.get_workflow_handle(workflow_id(name)).describe()
     assert missing.value.status is RPCStatusCode.NOT_FOUND
-    assert {p.name for p in stack.settings.routes_dir.iterdir()} <= routes_before
+    assert routed(stack.settings.routes_dir) <= routes_before
     assert not engine_processes(stack.home, name)
 
 
@@ -100,7 +101,7 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
     stopped = wait_for_api_status(api, name, {"STOPPED"})
     assert stopped["endpoint"] is None and stopped["pid"] is None
     assert not engine_processes(stack.home, name)
-    assert not (stack.settings.routes_dir / f"{name}.yml").exists()
+    assert name not in routed(stack.settings.routes_dir)
     assert api.post(f"/v1/deployments/{name}/stop").status_code == 202  # stopping again is fine
     assert_error(api.post(f"/v1/deployments/{name}/retry"), 409, "conflict", "stopped", "deploy it again")
     assert eventually(lambda: listed(api, "STOPPED").get(name, {}).get("status") == "STOPPED")
@@ -187,7 +188,7 @@ BAD_SPECS = [
 
 @pytest.mark.parametrize("change, field", BAD_SPECS)
 async def test_bad_spec_is_a_400_naming_the_field_and_creates_nothing(stack, api, client, tiny_gguf, name, change, field):
-    routes_before = {p.name for p in stack.settings.routes_dir.iterdir()}
+    routes_before = routed(stack.settings.routes_dir)
     spec = {"name": name, "model": str(tiny_gguf), **change}
     spec = {key: value for key, value in spec.items() if value is not None}
     message = assert_error(api.post("/v1/deployments", json=spec), 400, "invalid_request", field)
@@ -199,7 +200,7 @@ async def test_bad_spec_is_a_400_naming_the_field_and_creates_nothing(stack, api
 
 
 async def test_malformed_bodies_are_refused(stack, api, client, name):
-    routes_before = {p.name for p in stack.settings.routes_dir.iterdir()}
+    routes_before = routed(stack.settings.routes_dir)
     json_headers = {"Content-Type": "application/json"}
     assert_error(
         api.post("/v1/deployments", content=b'{"name": "' + name.encode() + b'", model: x}', headers=json_headers),

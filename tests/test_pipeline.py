@@ -24,6 +24,7 @@ from berth.testing.harness import (
     wait_for_status,
 )
 from berth.domain.temporal_names import workflow_id
+from berth.activities.routing import routed
 
 QUICK_RESTARTS = RestartPolicy(max_attempts=2, backoff_initial_s=0.2, backoff_max_s=0.5)
 
@@ -83,8 +84,7 @@ async def test_stop_leaves_nothing_behind(stack, client, tiny_gguf, name):
     state = await deploy(client, name, tiny_gguf)
     assert state.status is S.DEPLOYED
     pid, port = state.pid, state.port
-    route = stack.settings.routes_dir / f"{name}.yml"
-    assert route.exists() and psutil.pid_exists(pid)
+    assert name in routed(stack.settings.routes_dir) and psutil.pid_exists(pid)
 
     state = await stop(client, name)
     assert state.status is S.STOPPED
@@ -94,7 +94,7 @@ async def test_stop_leaves_nothing_behind(stack, client, tiny_gguf, name):
     assert port_is_free(port)
     registry = PortRegistry(stack.settings.home / "ports.sqlite", stack.settings.port_range)
     assert state.instances[0].instance_id not in registry.reserved()
-    assert not route.exists()
+    assert name not in routed(stack.settings.routes_dir)
     gone = await eventually(lambda: stack.chat(name).status_code == 404, timeout_s=5)
     assert gone, "the gateway still routes the stopped deployment"
     assert workflow_id(name) in await_list(stack, "BerthStatus='STOPPED'")
@@ -128,7 +128,7 @@ async def test_missing_model_path_fails_naming_the_path(stack, client, tmp_path,
     assert str(missing) in state.error.message
     assert state.error.guidance
     assert not engine_processes(stack.home, name)
-    assert not (stack.settings.routes_dir / f"{name}.yml").exists()
+    assert name not in routed(stack.settings.routes_dir)
     await stop(client, name)
 
 
@@ -164,7 +164,7 @@ async def test_killed_engine_comes_back_then_fails_when_the_budget_is_spent(stac
     failed = await wait_for_status(client, name, S.FAILED, timeout_s=10)
     assert failed.error.code is ErrorCode.CONTAINER_EXITED
     assert not engine_processes(stack.home, name)
-    assert not (stack.settings.routes_dir / f"{name}.yml").exists()
+    assert name not in routed(stack.settings.routes_dir)
 
     await client.get_workflow_handle(workflow_id(name)).signal("retry")
     revived = await wait_for_status(client, name, S.DEPLOYED, timeout_s=20)
@@ -232,7 +232,7 @@ async def test_temporal_cancel_is_a_stop(stack, client, tiny_gguf, name):
     assert final.status is S.STOPPED
     assert not engine_processes(stack.home, name)
     assert port_is_free(state.port)
-    assert not (stack.settings.routes_dir / f"{name}.yml").exists()
+    assert name not in routed(stack.settings.routes_dir)
 
 
 async def test_worker_killed_mid_deployment_ends_with_one_engine(stack, client, tiny_gguf, name):

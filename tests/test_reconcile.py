@@ -17,6 +17,7 @@ from berth.domain.status import DeploymentStatus as S
 from berth.domain.temporal_names import workflow_id
 from berth.engines.llamacpp import LlamaCppEngine
 from berth.testing.harness import engine_processes, start_deployment, wait_for_status
+from berth.activities.routing import routed
 from tests.conftest import RECONCILE_INTERVAL_S
 
 WITHIN_S = RECONCILE_INTERVAL_S * 3 + 5
@@ -40,9 +41,8 @@ async def test_terminated_deployment_is_reaped_within_a_reconcile_period(stack, 
          "--workflow-id", workflow_id(name), "--reason", "test"],
         check=True, capture_output=True,
     )
-    route = stack.settings.routes_dir / f"{name}.yml"
     assert await gone(lambda: not engine_processes(stack.home, name)), "engine left running"
-    assert await gone(lambda: not route.exists()), "route left behind"
+    assert await gone(lambda: name not in routed(stack.settings.routes_dir)), "route left behind"
     ports = registry(stack.settings)
     assert await gone(lambda: state.instances[0].instance_id not in ports.reserved()), "port still reserved"
     assert port_is_free(state.port)
@@ -78,7 +78,7 @@ async def test_an_engine_no_deployment_owns_is_stopped_and_its_port_freed(stack,
                           psutil.Process(started.pid).status() == psutil.STATUS_ZOMBIE)
         assert await gone(lambda: not process_runtime.is_alive(unrecorded.pid, unrecorded.pid_create_time))
         assert await gone(lambda: instance_id not in registry(settings).reserved())
-        assert await gone(lambda: not (settings.routes_dir / "ghost.yml").exists())
+        assert await gone(lambda: "ghost" not in routed(settings.routes_dir))
         assert records.get(instance_id) is None
     finally:
         process_runtime.stop_group(started.wrapper_pid, grace_s=1)

@@ -1,24 +1,30 @@
-"""Route files for Traefik's file provider: what each deployment's route says."""
+"""Routes for Traefik's file provider: what each deployment's route says, and the route table that holds them."""
 
 import asyncio
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 import yaml
 
 from berth import atomic_write
-from berth.activities.routing import STAGING_DIR, route_config, write_route
+from berth.activities.route_publisher import RoutePublisher
+from berth.activities.route_table import LOCK_FILE, ROUTES_FILE, STAGING_DIR, RouteTable, RouteTableError
+from berth.activities.routing import adopt_route_files, delete_route, route_config, routed, write_route
+from berth.api_token import load_api_token
 from berth.domain.pipeline import RouteRequest
+from berth.settings import Settings
 
 
 def test_route_strips_the_prefix_and_points_at_the_engine_alone():
     config = route_config(RouteRequest(deployment="qwen", port=20001, engine="llamacpp"), None)
     router = config["http"]["routers"]["berth-qwen"]
     assert router["rule"] == "PathPrefix(`/models/qwen/`)"
-    assert router["middlewares"] == ["berth-qwen-strip"]
-    assert config["http"]["middlewares"]["berth-qwen-strip"] == {"stripPrefix": {"prefixes": ["/models/qwen"]}}
+    assert router["middlewares"] == ["berth-qwen_strip"]
+    assert config["http"]["middlewares"]["berth-qwen_strip"] == {"stripPrefix": {"prefixes": ["/models/qwen"]}}
     balancer = config["http"]["services"]["berth-qwen"]["loadBalancer"]
     assert balancer == {"servers": [{"url": "http://127.0.0.1:20001"}]}, "no health check of Traefik's own"
 
@@ -28,14 +34,14 @@ def test_with_a_token_the_fast_router_matches_it_and_the_fallback_asks_the_api()
         "http"
     ]["routers"]
     assert routers["berth-qwen"]["rule"] == "PathPrefix(`/models/qwen/`) && Header(`Authorization`, `Bearer t0k-en`)"
-    assert routers["berth-qwen"]["priority"] > routers["berth-qwen-auth"]["priority"]
-    assert routers["berth-qwen-auth"]["middlewares"] == ["berth-auth@file", "berth-qwen-strip"]
-    assert routers["berth-qwen-auth"]["rule"] == "PathPrefix(`/models/qwen/`)"
+    assert routers["berth-qwen"]["priority"] > routers["berth-qwen_auth"]["priority"]
+    assert routers["berth-qwen_auth"]["middlewares"] == ["berth-auth@file", "berth-qwen_strip"]
+    assert routers["berth-qwen_auth"]["rule"] == "PathPrefix(`/models/qwen/`)"
 
 
 def test_a_token_that_cannot_stand_in_a_rule_gets_only_the_checked_router():
     routers = route_config(RouteRequest(deployment="q", port=1, engine="llamacpp"), "a`b")["http"]["routers"]
-    assert list(routers) == ["berth-q-auth"]
+    assert list(routers) == ["berth-q_auth"]
 
 
 def test_a_public_deployment_has_no_auth():
@@ -50,12 +56,12 @@ def test_write_route_is_atomic_and_idempotent(tmp_path):
     first = path.stat().st_mtime_ns
     assert write_route(tmp_path, request) == path
     assert path.stat().st_mtime_ns == first, "an unchanged route is not rewritten"
-    assert yaml.safe_load(path.read_text())["http"]["services"]["berth-qwen"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [STAGING_DIR, "qwen.yml"]
-    assert not any((tmp_path / STAGING_DIR).iterdir()), "no temp files left"
+    assert yaml.safe_load(path.read_text())["http"]["services"]["berth-qwen"], "Traefik reads it as YAML"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STAGING_DIR, ROUTES_FILE]
+    assert [p.name for p in (tmp_path / STAGING_DIR).iterdir()] == [LOCK_FILE], "no temp files left"
 
 
-def test_a_route_file_appears_in_the_watched_folder_only_by_its_final_rename(tmp_path, monkeypatch):
+def test_the_route_table_appears_in_the_watched_folder_only_by_its_final_rename(tmp_path, monkeypatch):
     # Traefik reloads every route on each event in the folder it watches (not in subfolders): the
     # temp file is made and written in the staging subfolder, then renamed in
     made_in = []
@@ -63,7 +69,95 @@ def test_a_route_file_appears_in_the_watched_folder_only_by_its_final_rename(tmp
     monkeypatch.setattr(atomic_write.tempfile, "mkstemp", lambda **kw: made_in.append(kw["dir"]) or real_mkstemp(**kw))
     write_route(tmp_path, RouteRequest(deployment="qwen", port=20001, engine="llamacpp"))
     assert made_in == [tmp_path / STAGING_DIR]
-    assert (tmp_path / "qwen.yml").stat().st_mode & 0o777 == 0o600, "it holds the token"
+    assert (tmp_path / ROUTES_FILE).stat().st_mode & 0o777 == 0o600, "it holds the token"
+
+
+def test_routes_of_deployments_whose_names_prefix_each_other_stay_apart(tmp_path):
+    # "x" has a router "berth-x_auth"; "x-auth"'s own are "berth-x-auth" and "berth-x-auth_auth"
+    for deployment, port in (("x", 1), ("x-auth", 2), ("x-strip", 3)):
+        write_route(tmp_path, RouteRequest(deployment=deployment, port=port, engine="llamacpp"), "tok")
+    table = RouteTable(tmp_path)
+    assert table.deployments() == {"x", "x-auth", "x-strip"}
+    for deployment in ("x", "x-auth", "x-strip"):
+        route = table.route(deployment)
+        assert len(route["http"]["routers"]) == 2
+        assert all(router["service"] == f"berth-{deployment}" for router in route["http"]["routers"].values())
+    delete_route(tmp_path, "x")
+    assert routed(tmp_path) == {"x-auth", "x-strip"}
+    merged = json.loads((tmp_path / ROUTES_FILE).read_text())["http"]
+    assert sorted(merged["services"]) == ["berth-x-auth", "berth-x-strip"]
+    assert sorted(merged["routers"]) == ["berth-x-auth", "berth-x-auth_auth", "berth-x-strip", "berth-x-strip_auth"]
+
+
+def test_each_change_is_read_again_by_other_writers(tmp_path):
+    # the worker and, say, a test write the same table: each write starts from the file as it is
+    mine, theirs = RouteTable(tmp_path), RouteTable(tmp_path)
+    mine.apply({"a": route_config(RouteRequest(deployment="a", port=1, engine="llamacpp"), None)})
+    theirs.apply({"b": route_config(RouteRequest(deployment="b", port=2, engine="llamacpp"), None)})
+    mine.apply({"c": route_config(RouteRequest(deployment="c", port=3, engine="llamacpp"), None)})
+    assert RouteTable(tmp_path).deployments() == {"a", "b", "c"}
+    assert theirs.deployments() == {"a", "b", "c"}
+
+
+def test_a_damaged_route_table_is_named_not_overwritten(tmp_path):
+    (tmp_path / ROUTES_FILE).write_text("{not json")
+    with pytest.raises(RouteTableError, match=ROUTES_FILE):
+        write_route(tmp_path, RouteRequest(deployment="a", port=1, engine="llamacpp"))
+    assert (tmp_path / ROUTES_FILE).read_text() == "{not json"
+
+
+async def test_changes_that_come_together_are_written_together(tmp_path, monkeypatch):
+    table = RouteTable(tmp_path)
+    writes = []
+    real_apply = table.apply
+    monkeypatch.setattr(table, "apply", lambda changes: writes.append(dict(changes)) or real_apply(changes))
+    publisher = RoutePublisher(table)
+    config = {f"d{i}": route_config(RouteRequest(deployment=f"d{i}", port=i + 1, engine="llamacpp"), None)
+              for i in range(30)}
+    await publisher.put("d0", config["d0"])
+    assert writes == [{"d0": config["d0"]}], "a lone change is written at once"
+    await asyncio.gather(*(publisher.put(name, route) for name, route in config.items() if name != "d0"))
+    assert len(writes) <= 3, f"{len(writes)} writes for 29 routes that came together"
+    assert table.deployments() == set(config), "every awaited change is in the file"
+    await asyncio.gather(publisher.remove("d1"), publisher.put("d1", config["d1"]), publisher.remove("d2"))
+    assert "d1" in table.deployments() and "d2" not in table.deployments(), "the last change of a route wins"
+
+
+async def test_a_failed_write_fails_the_changes_waiting_for_it_and_the_next_one_goes(tmp_path, monkeypatch):
+    table = RouteTable(tmp_path)
+    publisher = RoutePublisher(table)
+    route = route_config(RouteRequest(deployment="a", port=1, engine="llamacpp"), None)
+    real_apply = table.apply
+    monkeypatch.setattr(table, "apply", lambda changes: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        await publisher.put("a", route)
+    monkeypatch.setattr(table, "apply", real_apply)
+    await publisher.put("a", route)
+    assert table.deployments() == {"a"}
+
+
+def test_route_files_of_an_earlier_berth_are_adopted(tmp_path):
+    settings = Settings.from_env({"BERTH_HOME": str(tmp_path)})
+    settings.ensure_dirs()
+    # as berth wrote them before the route table: one file each, other router names
+    old = {"http": {
+        "routers": {"berth-old-auth": {"rule": "PathPrefix(`/models/old/`)", "service": "berth-old",
+                                       "middlewares": ["berth-auth@file", "berth-old-strip"]}},
+        "middlewares": {"berth-old-strip": {"stripPrefix": {"prefixes": ["/models/old"]}}},
+        "services": {"berth-old": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:20005"}]}}},
+    }}
+    public = {"http": {"routers": {"berth-pub": {"rule": "PathPrefix(`/models/pub/`)", "service": "berth-pub"}},
+                       "services": {"berth-pub": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:20006"}]}}}}}
+    (settings.routes_dir / "old.yml").write_text(yaml.safe_dump(old))
+    (settings.routes_dir / "pub.yml").write_text(yaml.safe_dump(public))
+    (settings.routes_dir / "broken.yml").write_text("http: [")
+    assert adopt_route_files(settings) == ["old", "pub"]
+    table = RouteTable(settings.routes_dir)
+    assert table.route("old") == route_config(RouteRequest(deployment="old", port=20005, engine=""), load_api_token(settings))
+    assert table.route("pub") == route_config(RouteRequest(deployment="pub", port=20006, engine="", public=True), None)
+    assert not (settings.routes_dir / "old.yml").exists() and not (settings.routes_dir / "pub.yml").exists()
+    assert (settings.routes_dir / "broken.yml").exists(), "what cannot be read is left for a person to see"
+    assert adopt_route_files(settings) == [], "nothing twice"
 
 
 LOADS_FOR_S = 6  # longer than Traefik's health check interval was
@@ -77,8 +171,8 @@ async def test_the_gateway_serves_an_engine_from_its_first_answer(stack, name):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    route = f"_{name}"  # not a deployment name: the worker's reconcile leaves it alone
-    path = write_route(stack.settings.routes_dir, RouteRequest(deployment=route, port=port, engine="llamacpp", public=True))
+    route = f"T{name}"  # not a deployment name: the worker's reconcile leaves it alone
+    write_route(stack.settings.routes_dir, RouteRequest(deployment=route, port=port, engine="llamacpp", public=True))
     url = f"{stack.settings.gateway_url}/models/{route}/health"
     server = None
     try:
@@ -93,7 +187,7 @@ async def test_the_gateway_serves_an_engine_from_its_first_answer(stack, name):
             threading.Thread(target=server.serve_forever, daemon=True).start()
             assert (await client.get(url)).status_code == 200
     finally:
-        path.unlink()
+        delete_route(stack.settings.routes_dir, route)
         if server:
             server.shutdown()
             server.server_close()

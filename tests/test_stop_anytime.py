@@ -67,6 +67,7 @@ from berth.testing.harness import (
 )
 from berth.worker.temporal_server import temporal_binary
 from berth.workflows.deployment import DeploymentInput, DeploymentWorkflow
+from berth.activities.routing import routed
 
 STOP_WITHIN_S = 5  # "promptly": signal sent -> workflow closed STOPPED, on this 2-core machine
 POLL_S = 0.003
@@ -90,9 +91,8 @@ def left_of(stack, name: str) -> list[str]:
         for instance, port in registry(stack.settings).reserved().items()
         if instance.rsplit("-", 1)[0] == name
     ]
-    route = stack.settings.routes_dir / f"{name}.yml"
-    if route.exists():
-        left.append(f"route {route}")
+    if name in routed(stack.settings.routes_dir):
+        left.append(f"route of {name} in {stack.settings.routes_dir}")
     return left
 
 
@@ -255,7 +255,7 @@ async def test_stop_while_the_worker_is_down_completes_when_it_returns(stack, cl
         await asyncio.sleep(2)
         engines = [p.pid for p in engine_processes(stack.home, name)]
         assert engines == [deployed.pid], "the engine stopped although no worker could stop it"
-        assert (stack.settings.routes_dir / f"{name}.yml").exists()
+        assert name in routed(stack.settings.routes_dir)
         description = await handle.describe()
         assert description.status.name == "RUNNING"
     finally:

@@ -28,7 +28,8 @@ from berth.activities import process_runtime
 from berth.activities.engine_records import EngineRecords
 from berth.activities.launch import stop_instance
 from berth.activities.ports import registry
-from berth.activities.routing import route_path
+from berth.activities.route_publisher import route_publisher
+from berth.activities.route_table import RouteTable
 from berth.domain.spec import NAME_PATTERN
 from berth.domain.state import DeploymentState
 from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
@@ -61,6 +62,7 @@ class Reconciler:
         self.settings = settings
         self.records = EngineRecords(settings.run_dir)
         self.ports = registry(settings)
+        self.routes = RouteTable(settings.routes_dir)
         # deployment -> (run id, the instance ids that run lists), learnt from fresh answers
         self._known: dict[str, tuple[str, frozenset[str]]] = {}
 
@@ -149,12 +151,11 @@ class Reconciler:
             if await owned(_deployment_of(instance_id), instance_id) is False:
                 self.ports.release(instance_id)
                 report.ports_released.append(instance_id)
-        for path in self.settings.routes_dir.glob("*.yml"):
-            deployment = path.stem
+        for deployment in sorted(await asyncio.to_thread(self.routes.deployments)):
             if not NAME_PATTERN.match(deployment) or deployment in running:
-                continue  # the gateway's own file, or a running deployment's route
+                continue  # not a deployment's name (put there by hand), or a running deployment's route
             if await fresh(deployment) == set():  # no running deployment of that name
-                route_path(self.settings.routes_dir, deployment).unlink(missing_ok=True)
+                await route_publisher(self.settings.routes_dir).remove(deployment)
                 report.routes_removed.append(deployment)
         if report:
             log.info("reconcile: %s", report)

@@ -1,55 +1,56 @@
-"""Routes through the gateway: one Traefik dynamic-config file per deployment under $BERTH_HOME/routes/.
-
-Traefik's file provider watches the folder; a written file is live ~0.1 s later, a removed one
-takes its router away (the gateway then answers 404 for that path).
+"""Routes through the gateway: each deployment's route in the route table, one file of the folder
+$BERTH_HOME/routes/ that Traefik's file provider watches (berth.activities.route_table; the worker
+coalesces the writes of concurrent activities: berth.activities.route_publisher). A written route
+is live ~0.1 s later (with hundreds of routes, up to ~1 s); a removed one takes its routers away
+(the gateway then answers 404 for that path).
 
 Model endpoints need the API token unless the deployment is public. Two routers per deployment:
 a fast one whose rule matches `Authorization: Bearer <token>` exactly and goes straight to the
 engine (no extra hop), and a fallback for everything else under the prefix that asks the API's
 /v1/auth/check first (Traefik forwardAuth): a wrong or missing token gets the API's 401 with its
-message, an oddly written right one still passes. Route files hold the token: they are 0600.
+message, an oddly written right one still passes. The route table holds the token: it is 0600.
 """
 
-import asyncio
+import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from temporalio import activity
 
-from berth.activities.engine_records import write_atomically
 from berth.activities.gateway_certificate import certificate_path, read_certificate
+from berth.activities.route_publisher import route_publisher
+from berth.activities.route_table import GATEWAY_FILE, OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
 from berth.api_token import load_api_token
+from berth.atomic_write import write_atomically
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
 from berth.settings import Settings
 
+log = logging.getLogger(__name__)
+
 GATEWAY_ENTRYPOINT = "web"
-GATEWAY_FILE = "_berth-gateway.yml"  # not a deployment: names are DNS labels, never start with "_"
 AUTH_MIDDLEWARE = "berth-auth"
-STAGING_DIR = ".staging"  # route files are written here, then renamed into the watched folder
 RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
 # No Traefik health check on an engine: berth's own watch (await_ready, then supervise) is what says
 # whether an engine serves, and a deployment's route only points at its one engine, so Traefik has
 # nothing to balance around; a dead engine's route answers 502 until the workflow restarts the engine
 # or removes the route. Measured with 700 stand-in deployments: the checks (two per service, one per
-# router) kept Traefik at ~19% of a core for good, and each reload of the folder restarted all of
-# them, so after the last deployment Traefik worked through its queue of reloads for ~70 s at a full
-# core (~25 s without them, then 0%). They also made the gateway lag an engine that was still loading
-# when a check came (it was asked again only at the next unhealthyInterval).
+# router) kept Traefik at ~19% of a core for good, and each reload restarted all of them, so after
+# the last deployment Traefik worked through its queue of reloads for ~70 s at a full core (~25 s
+# without them, then 0%). They also made the gateway lag an engine that was still loading when a
+# check came (it was asked again only at the next unhealthyInterval).
 
 
-def route_path(routes_dir: Path, deployment: str) -> Path:
-    return routes_dir / f"{deployment}.yml"
-
-
-def route_config(request: RouteRequest, token: str | None) -> dict:
-    name = f"berth-{request.deployment}"
+def route_config(request: RouteRequest, token: str | None) -> Route:
+    """The deployment's routers, middleware and service; each name says whose it is (route_table.owner)."""
+    name = f"{OWNED_PREFIX}{request.deployment}"
     prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
-    strip = f"{name}-strip"
+    strip = f"{name}{PART_SEPARATOR}strip"
     if request.public or not token:
         routers = {name: _router(prefix_rule, [strip], name)}
     else:
-        routers = {f"{name}-auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", strip], name, 10)}
+        routers = {f"{name}{PART_SEPARATOR}auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", strip], name, 10)}
         if RULE_SAFE_TOKEN.match(token):
             token_rule = f"{prefix_rule} && Header(`Authorization`, `Bearer {token}`)"
             routers[name] = _router(token_rule, [strip], name, 20)
@@ -74,32 +75,69 @@ def _router(rule: str, middlewares: list[str], service: str, priority: int | Non
 
 
 def write_route(routes_dir: Path, request: RouteRequest, token: str | None = None) -> Path:
-    text = yaml.safe_dump(route_config(request, token), sort_keys=False)
-    path = route_path(routes_dir, request.deployment)
-    try:
-        if path.read_text() == text:
-            return path  # same route already live: no reload for Traefik
-    except FileNotFoundError:
-        pass
-    # written in a subfolder Traefik does not watch, then renamed in: one event for Traefik, not the
-    # four of a temp file created, written and renamed in the watched folder. Traefik's file provider
-    # reloads every route on every event it sees, so with 200 routes, writing them one by one kept
-    # it busy (at 1.2 cores) for over 40 s; this way, ~17 s.
-    write_atomically(path, text, tmp_dir=routes_dir / STAGING_DIR)
-    return path
+    """Put the route in the table now (a process with no publisher: a test, a tool); returns the
+    table's file. Unchanged routes are not written again (no reload for Traefik)."""
+    table = RouteTable(routes_dir)
+    table.apply({request.deployment: route_config(request, token)})
+    return table.path
+
+
+def delete_route(routes_dir: Path, deployment: str) -> None:
+    RouteTable(routes_dir).apply({deployment: None})
+
+
+def routed(routes_dir: Path) -> set[str]:
+    """The deployments that have a route in the gateway."""
+    return RouteTable(routes_dir).deployments()
 
 
 @activity.defn(name=CONFIGURE_ROUTE)
 async def configure_route(request: RouteRequest) -> str:
     """Route /models/<name>/ to the engine's port; returns the public endpoint."""
     settings = Settings.from_env()
-    await asyncio.to_thread(write_route, settings.routes_dir, request, load_api_token(settings))
+    await route_publisher(settings.routes_dir).put(request.deployment, route_config(request, load_api_token(settings)))
     return f"{settings.gateway_url}/models/{request.deployment}/v1"
 
 
 @activity.defn(name=REMOVE_ROUTE)
 async def remove_route(deployment: str) -> None:
-    route_path(Settings.from_env().routes_dir, deployment).unlink(missing_ok=True)
+    await route_publisher(Settings.from_env().routes_dir).remove(deployment)
+
+
+def adopt_route_files(settings: Settings) -> list[str]:
+    """Routes an earlier berth left as files of their own (`routes/<deployment>.yml`): into the
+    route table, remade with today's names and token, then the files go. Returns the deployments."""
+    token = load_api_token(settings)
+    return adopt_files(
+        settings.routes_dir,
+        lambda deployment, port, public: route_config(
+            RouteRequest(deployment=deployment, port=port, engine="", public=public), token
+        ),
+    )
+
+
+def adopt_files(routes_dir: Path, route_for: Callable[[str, int, bool], Route]) -> list[str]:
+    adopted: dict[str, Route] = {}
+    files = []
+    for path in sorted(routes_dir.glob("*.yml")):
+        if path.name.startswith("_"):  # the gateway's file, the route table
+            continue
+        try:
+            config = (yaml.safe_load(path.read_text()) or {})["http"]
+            url = next(iter(config["services"].values()))["loadBalancer"]["servers"][0]["url"]
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+        except (OSError, yaml.YAMLError, LookupError, AttributeError, TypeError, ValueError, StopIteration) as error:
+            log.warning("route file %s could not be read (%s): left as it is", path, error)
+            continue
+        public = not any(f"{AUTH_MIDDLEWARE}@file" in (router.get("middlewares") or [])
+                         for router in (config.get("routers") or {}).values())
+        adopted[path.stem] = route_for(path.stem, port, public)
+        files.append(path)
+    if adopted:
+        RouteTable(routes_dir).apply(adopted)
+        for path in files:
+            path.unlink(missing_ok=True)
+    return sorted(adopted)
 
 
 def write_gateway_config(settings: Settings) -> Path:

@@ -22,7 +22,7 @@ from berth.activities.probe_client import close_probe_clients
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.reconcile import Reconciler
-from berth.activities.routing import configure_route, remove_route, write_gateway_config
+from berth.activities.routing import adopt_route_files, configure_route, remove_route, write_gateway_config
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
 from berth.gc_pauses import freeze_start_up_objects
@@ -88,6 +88,9 @@ async def connect_with_retry(settings: Settings, stop: asyncio.Event, timeout_s:
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     settings.ensure_dirs()
     write_gateway_config(settings)
+    adopted = adopt_route_files(settings)
+    if adopted:
+        logging.info("routes of %d deployment(s) moved from their own files into the route table", len(adopted))
     client = await connect_with_retry(settings, stop)
     if client is None:
         return
