@@ -25,7 +25,7 @@ from berth.activities.reconcile import Reconciler
 from berth.activities.routing import adopt_route_files, configure_route, remove_route, write_gateway_config
 from berth.activities.selection import select_engine
 from berth.activities.supervision import supervise
-from berth.gc_pauses import freeze_start_up_objects
+from berth.gc_pauses import freeze_start_up_objects, freeze_survivors
 from berth.open_files import raise_open_files_limit
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
@@ -117,9 +117,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         async with control, node:
             announcing = asyncio.create_task(announce_then_take_over(client, settings, stop))
             certifying = asyncio.create_task(give_gateway_a_certificate(settings))
+            freezing = asyncio.create_task(freeze_survivors(stop))
             await reconciler.run_forever(reconcile_interval_s(), stop)
             announcing.cancel()
             certifying.cancel()
+            freezing.cancel()
     finally:
         withdraw_ready(settings)
         await close_probe_clients()
