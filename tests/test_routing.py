@@ -151,12 +151,15 @@ def test_route_files_of_an_earlier_berth_are_adopted(tmp_path):
     (settings.routes_dir / "old.yml").write_text(yaml.safe_dump(old))
     (settings.routes_dir / "pub.yml").write_text(yaml.safe_dump(public))
     (settings.routes_dir / "broken.yml").write_text("http: [")
+    by_hand = {"http": {"services": {"mine": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:9"}]}}}}}
+    (settings.routes_dir / "mine.yml").write_text(yaml.safe_dump(by_hand))
     assert adopt_route_files(settings) == ["old", "pub"]
     table = RouteTable(settings.routes_dir)
     assert table.route("old") == route_config(RouteRequest(deployment="old", port=20005, engine=""), load_api_token(settings))
     assert table.route("pub") == route_config(RouteRequest(deployment="pub", port=20006, engine="", public=True), None)
     assert not (settings.routes_dir / "old.yml").exists() and not (settings.routes_dir / "pub.yml").exists()
     assert (settings.routes_dir / "broken.yml").exists(), "what cannot be read is left for a person to see"
+    assert yaml.safe_load((settings.routes_dir / "mine.yml").read_text()) == by_hand, "a file berth did not write stays"
     assert adopt_route_files(settings) == [], "nothing twice"
 
 

@@ -124,8 +124,11 @@ class RouteTable:
             except FileNotFoundError:  # replaced between the stat and the read: look again
                 return self._read()
             except ValueError as error:
-                raise RouteTableError(f"{self.path} is not valid JSON ({error}); fix or delete it "
-                                      "(the workflows write their routes again when retried)") from error
+                raise RouteTableError(
+                    f"{self.path} is not valid JSON ({error}): fix it, or move it aside and restart the "
+                    "deployments whose routes it held (`berth` writes a new one; a deployment's route is "
+                    "written when its engine starts)"
+                ) from error
             self._routes, self._seen = split(config), identity
         return self._routes
 

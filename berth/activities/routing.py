@@ -124,9 +124,12 @@ def adopt_files(routes_dir: Path, route_for: Callable[[str, int, bool], Route]) 
             continue
         try:
             config = (yaml.safe_load(path.read_text()) or {})["http"]
-            url = next(iter(config["services"].values()))["loadBalancer"]["servers"][0]["url"]
+            service = config["services"].get(f"{OWNED_PREFIX}{path.stem}")
+            if service is None:  # not one berth wrote (a file put there by hand): Traefik's alone
+                continue
+            url = service["loadBalancer"]["servers"][0]["url"]
             port = int(url.rsplit(":", 1)[1].strip("/"))
-        except (OSError, yaml.YAMLError, LookupError, AttributeError, TypeError, ValueError, StopIteration) as error:
+        except (OSError, yaml.YAMLError, LookupError, AttributeError, TypeError, ValueError) as error:
             log.warning("route file %s could not be read (%s): left as it is", path, error)
             continue
         public = not any(f"{AUTH_MIDDLEWARE}@file" in (router.get("middlewares") or [])
