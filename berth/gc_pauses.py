@@ -32,8 +32,7 @@ RECLAIM_EVERY_S = 1800.0
 
 def freeze_start_up_objects() -> None:
     """Call once the process has imported and built what it serves with, before it serves."""
-    gc.collect()
-    gc.freeze()
+    freeze_now()
 
 
 def freeze_now(reclaim: bool = False) -> None:

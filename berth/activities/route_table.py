@@ -78,10 +78,6 @@ class RouteTable:
         self._seen: tuple[int, int, int] | None = None
         self._routes: dict[str, Route] = {}
 
-    def routes(self) -> dict[str, Route]:
-        """Deployment -> its route, as the file says now."""
-        return dict(self._read())
-
     def deployments(self) -> set[str]:
         return set(self._read())
 

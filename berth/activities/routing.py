@@ -13,7 +13,6 @@ message, an oddly written right one still passes. The route table holds the toke
 
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -108,18 +107,9 @@ def adopt_route_files(settings: Settings) -> list[str]:
     """Routes an earlier berth left as files of their own (`routes/<deployment>.yml`): into the
     route table, remade with today's names and token, then the files go. Returns the deployments."""
     token = load_api_token(settings)
-    return adopt_files(
-        settings.routes_dir,
-        lambda deployment, port, public: route_config(
-            RouteRequest(deployment=deployment, port=port, engine="", public=public), token
-        ),
-    )
-
-
-def adopt_files(routes_dir: Path, route_for: Callable[[str, int, bool], Route]) -> list[str]:
     adopted: dict[str, Route] = {}
     files = []
-    for path in sorted(routes_dir.glob("*.yml")):
+    for path in sorted(settings.routes_dir.glob("*.yml")):
         if path.name.startswith("_"):  # the gateway's file, the route table
             continue
         try:
@@ -134,10 +124,11 @@ def adopt_files(routes_dir: Path, route_for: Callable[[str, int, bool], Route]) 
             continue
         public = not any(f"{AUTH_MIDDLEWARE}@file" in (router.get("middlewares") or [])
                          for router in (config.get("routers") or {}).values())
-        adopted[path.stem] = route_for(path.stem, port, public)
+        request = RouteRequest(deployment=path.stem, port=port, engine="", public=public)
+        adopted[path.stem] = route_config(request, token)
         files.append(path)
     if adopted:
-        RouteTable(routes_dir).apply(adopted)
+        RouteTable(settings.routes_dir).apply(adopted)
         for path in files:
             path.unlink(missing_ok=True)
     return sorted(adopted)
