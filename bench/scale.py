@@ -12,9 +12,9 @@ row says how many of each. Then, with N deployment workflows in Temporal, sequen
 following every page is reported beside it; also Temporal's list_workflows with the API's query,
 WorkflowType = 'DeploymentWorkflow', which is all the API does), and status reads of random
 DEPLOYED deployments (the `state` query, and GET /v1/deployments/NAME). The reads are timed twice:
-right after the burst of deployments, while Traefik still works through its queue of reloads, and
-again once Traefik is quiet (two 2 s samples under 5% of a core); the rows report the second, their
-notes the first. Also: how fast the stand-ins reached DEPLOYED, and the control plane's CPU (sampled
+right after the burst of deployments and again once Traefik is quiet (two 2 s samples under 5% of
+a core); the rows report the second, their notes the first (until the route table, Traefik worked
+through a queue of reloads for 25-70 s after a burst). Also: how fast the stand-ins reached DEPLOYED, and the control plane's CPU (sampled
 every 2 s throughout) and memory while they are supervised.
 
 P5b, concurrent tiny GGUF deployments: K real llama.cpp engines, K from free memory (capped at 50;

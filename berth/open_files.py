@@ -1,6 +1,6 @@
 """Room for one open file per supervised engine and more in the worker.
 
-The worker holds, for each engine it watches, a pidfd and a keep-alive probe connection, besides
+The worker holds, for each engine it watches, a pidfd and, while it probes, a connection, besides
 its logs and Temporal's connections. A soft limit of 1024 open files (a common default) would stop
 a node at roughly 500 supervised engines with EMFILE errors that look like engine failures. The
 hard limit is what the administrator allows; the soft limit is raised to it (capped), as Go

@@ -26,7 +26,6 @@ from berth.atomic_write import write_atomically
 log = logging.getLogger(__name__)
 
 ROUTES_FILE = "_berth-routes.yml"
-GATEWAY_FILE = "_berth-gateway.yml"  # what the routes share (berth.activities.routing)
 STAGING_DIR = ".staging"  # files are written here, then renamed into the watched folder
 LOCK_FILE = "routes.lock"  # in the staging folder: taking it makes no event for Traefik
 OWNED_PREFIX = "berth-"

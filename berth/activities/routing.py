@@ -20,7 +20,7 @@ from temporalio import activity
 
 from berth.activities.gateway_certificate import certificate_path, read_certificate
 from berth.activities.route_publisher import route_publisher
-from berth.activities.route_table import GATEWAY_FILE, OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
+from berth.activities.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
 from berth.api_token import load_api_token
 from berth.atomic_write import write_atomically
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
@@ -29,6 +29,7 @@ from berth.settings import Settings
 log = logging.getLogger(__name__)
 
 GATEWAY_ENTRYPOINT = "web"
+GATEWAY_FILE = "_berth-gateway.yml"  # what the routes share; names starting with "_" are never deployments
 AUTH_MIDDLEWARE = "berth-auth"
 RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
 # No Traefik health check on an engine: berth's own watch (await_ready, then supervise) is what says
