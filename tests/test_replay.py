@@ -4,7 +4,8 @@ DeploymentWorkflow without a nondeterminism error.
 The histories (tests/fixtures/histories/<generation>/<kind>.json) come from a real stack, through
 `python -m berth.testing.record_histories tests/fixtures/histories/<generation>`: v1 before the
 fast-recovery and concurrent-node-steps patches, v2 with them, v3 also with plan-with-files, v4
-with select-with-files (no select_engine step); all must keep replaying. When this
+with select-with-files (no select_engine step), v5 with placement as a local activity (a
+marker, no activity task); all must keep replaying. When this
 test fails after a change of deployment.py:
   - before a release: the change is fine if it is intended; record the histories again;
   - after a release: running workflows have such histories; guard the change with
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         BERTH_STATUS,
         CONCURRENT_NODE_STEPS_PATCH,
         FAST_RECOVERY_PATCH,
+        LOCAL_PLACEMENT_PATCH,
         PLAN_WITH_FILES_PATCH,
         SELECT_WITH_FILES_PATCH,
         DeploymentInput,
@@ -41,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 HISTORIES = Path(__file__).parent / "fixtures" / "histories"
-GENERATIONS = ("v1", "v2", "v3", "v4")
+GENERATIONS = ("v1", "v2", "v3", "v4", "v5")
 RECORDINGS = [(generation, kind) for generation in GENERATIONS for kind in KINDS]
 END_EVENT = {
     "COMPLETED": "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
@@ -78,6 +80,17 @@ def patches(events: list[dict]) -> set[str]:
     return found
 
 
+def local_activities(events: list[dict]) -> list[str]:
+    """The activity types of the local activities recorded in a history (their markers)."""
+    found = []
+    for event in events:
+        attributes = event.get("markerRecordedEventAttributes")
+        if attributes and attributes.get("markerName") == "core_local_activity":
+            for payload in attributes["details"]["data"]["payloads"]:
+                found.append(json.loads(base64.b64decode(payload["data"]))["activity_type"])
+    return found
+
+
 @pytest.mark.parametrize("generation, kind", RECORDINGS)
 def test_the_recording_is_what_its_name_says(generation, kind):
     events = json.loads((HISTORIES / generation / f"{kind}.json").read_text())["events"]
@@ -88,10 +101,16 @@ def test_the_recording_is_what_its_name_says(generation, kind):
         for event in events
         if event["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
     ]
-    assert activities[0] == "place_deployment"
-    # v3 on: the memory plan comes with the files (no step of its own); v4: the engine's choice too
+    if generation == "v5":  # placed by a local activity: a marker, before any activity task
+        assert local_activities(events) == ["place_deployment"] and "place_deployment" not in activities
+        marker = next(i for i, event in enumerate(events) if event["eventType"] == "EVENT_TYPE_MARKER_RECORDED"
+                      and event["markerRecordedEventAttributes"]["markerName"] == "core_local_activity")
+        assert "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED" not in types[:marker]
+    else:
+        assert activities[0] == "place_deployment" and not local_activities(events)
+    # v3 on: the memory plan comes with the files (no step of its own); v4 on: the engine's choice too
     assert ("plan_resources" in activities) == (generation in ("v1", "v2") and kind != "stop-early")
-    assert ("select_engine" in activities) == (generation != "v4" and kind != "stop-early")
+    assert ("select_engine" in activities) == (generation in ("v1", "v2", "v3") and kind != "stop-early")
     signals = [
         event["workflowExecutionSignaledEventAttributes"]["signalName"]
         for event in events
@@ -114,7 +133,8 @@ def test_the_recording_is_what_its_name_says(generation, kind):
 def expected_patches(generation: str, kind: str) -> set[str]:
     """v1: before the patches; v2: fast recovery (where something failed) and concurrent node steps
     (where a step ran: not in stop-early); v3: also the plan with the files; v4: the engine's choice
-    with the files, which the older node-step patches are not asked about any more."""
+    with the files, which the older node-step patches are not asked about any more; v5: placement
+    as a local activity, and no other patch asked (every earlier one is implied)."""
     expected = set()
     if generation in ("v2", "v3") and kind != "stop-early":
         expected.add(CONCURRENT_NODE_STEPS_PATCH)
@@ -124,6 +144,8 @@ def expected_patches(generation: str, kind: str) -> set[str]:
         expected.add(PLAN_WITH_FILES_PATCH)
     if generation == "v4" and kind != "stop-early":
         expected.add(SELECT_WITH_FILES_PATCH)
+    if generation == "v5":
+        expected.add(LOCAL_PLACEMENT_PATCH)
     return expected
 
 
@@ -170,4 +192,7 @@ class ChangedDeploymentWorkflow:
 async def test_replay_fails_against_a_changed_workflow(generation, kind):
     with pytest.raises(workflow.NondeterminismError) as raised:
         await replayer(ChangedDeploymentWorkflow).replay_workflow(history(generation, kind))
-    assert "place_deployment" in str(raised.value) and "select_engine" in str(raised.value)
+    if generation == "v5":  # its first command after REQUESTED is the local placement's patch marker
+        assert LOCAL_PLACEMENT_PATCH in str(raised.value)
+    else:
+        assert "place_deployment" in str(raised.value) and "select_engine" in str(raised.value)

@@ -1,6 +1,6 @@
 """Record one Temporal history of each kind of deployment, for the replay test (tests/test_replay.py).
 
-    python -m berth.testing.record_histories tests/fixtures/histories/v4
+    python -m berth.testing.record_histories tests/fixtures/histories/v5
 
 Starts a private `berth up` (temporary $BERTH_HOME, free ports, the tiny GGUF), runs each kind of
 deployment to its end, and writes each workflow's history as JSON to OUT_DIR/<kind>.json:
@@ -15,7 +15,7 @@ deployment to its end, and writes each workflow's history as JSON to OUT_DIR/<ki
 Changes to what DeploymentWorkflow schedules go under `workflow.patched(...)`, keeping the old
 histories: record the new generation into a folder of its own next to them (v1: before the
 fast-recovery and concurrent-node-steps patches; v2: with them; v3: also plan-with-files; v4:
-select-with-files) and list it in tests/test_replay.py.
+select-with-files; v5: local-placement) and list it in tests/test_replay.py.
 """
 
 import asyncio

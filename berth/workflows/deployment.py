@@ -90,12 +90,23 @@ PLAN_WITH_FILES_PATCH = "plan-with-files-v1"
 # fewer before the launch), allocate_port runs beside it, and configure_route beside launch_engine.
 SELECT_WITH_FILES_PATCH = "select-with-files-v1"
 
+# Since this patch, placement is a local activity (see _place). The patch is asked before the local
+# activity, and when it is set no patch is asked in the workflow task that the local activity's
+# result arrives in: every later patch is known set (round 3 saw a patch asked after a local
+# activity's result replay differently).
+LOCAL_PLACEMENT_PATCH = "local-placement-v1"
+
 # Short node-side steps (milliseconds of work): retried a few times, then the deployment fails
 # with their error. The timeout is also how long a worker killed mid-step delays the retry.
 QUICK = dict(
     start_to_close_timeout=timedelta(seconds=15),
     retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5),
     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+)
+# Placement as a local activity: the same budget, retried by the worker itself.
+LOCAL_QUICK = dict(
+    start_to_close_timeout=QUICK["start_to_close_timeout"],
+    retry_policy=QUICK["retry_policy"],
 )
 # Teardown must happen even if the node's worker is down for a while: retried until it is back.
 TEARDOWN = dict(
@@ -137,6 +148,7 @@ class DeploymentWorkflow:
         # Fetch model files that are gone again? Yes on the first deploy and after a user's retry;
         # an automatic restart stops at MUST_REDOWNLOAD instead.
         self._may_refetch = input.carried_state is None
+        self._placed_locally = False  # placed by a local activity: every earlier patch is set
 
     # ---- the surface: query and signals ------------------------------------------------------
 
@@ -177,9 +189,7 @@ class DeploymentWorkflow:
         try:
             if input.carried_state is None:
                 self._transition(DeploymentStatus.REQUESTED, "deployment requested")
-                node = await workflow.execute_activity(
-                    PLACE_DEPLOYMENT, input.spec.node, task_queue=CONTROL_TASK_QUEUE, **QUICK
-                )
+                node = await self._place(input.spec.node)
                 self._state.instances = [
                     InstanceState(instance_id=f"{input.spec.name}-{workflow.uuid4().hex[:8]}", node=node)
                 ]
@@ -192,6 +202,24 @@ class DeploymentWorkflow:
             raise
         await self._teardown("stopped by the user")
         return self._state
+
+    async def _place(self, requested_node: str | None) -> str:
+        """Which node runs the deployment: a local activity, run by the worker that runs this
+        workflow task, so the pipeline goes on in the same workflow task (one round trip through
+        Temporal fewer). Histories from before LOCAL_PLACEMENT_PATCH placed it as an activity."""
+        if workflow.patched(LOCAL_PLACEMENT_PATCH):
+            self._placed_locally = True
+            return await workflow.execute_local_activity(
+                PLACE_DEPLOYMENT, requested_node, result_type=str, **LOCAL_QUICK
+            )
+        return await workflow.execute_activity(
+            PLACE_DEPLOYMENT, requested_node, task_queue=CONTROL_TASK_QUEUE, result_type=str, **QUICK
+        )
+
+    def _since(self, patch: str) -> bool:
+        """Whether this history was made with `patch`. Not asked of Temporal once placement was a
+        local activity: that came later than all of them, and no patch may be asked right after it."""
+        return self._placed_locally or workflow.patched(patch)
 
     async def _serve_until_stopped(self) -> None:
         while not self._stop_requested:
@@ -215,7 +243,7 @@ class DeploymentWorkflow:
         node_queue = node_task_queue(instance.node)
         self._transition(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
-            if workflow.patched(SELECT_WITH_FILES_PATCH):
+            if self._since(SELECT_WITH_FILES_PATCH):
                 # independent steps side by side: each is a round trip through Temporal
                 self._set_instance(InstanceStatus.COPYING_FILES)
                 instance.port, model = await _together(
@@ -392,7 +420,7 @@ class DeploymentWorkflow:
         if self._deployed_at is not None and workflow.time() - self._deployed_at >= spec.restart.stable_after_s:
             self._state.attempts = 0  # it served long enough: a new crash starts a new count
         self._deployed_at = None
-        fast = workflow.patched(FAST_RECOVERY_PATCH)
+        fast = self._since(FAST_RECOVERY_PATCH)
         decision = decide(failure.code, self._state.attempts, spec.restart, immediate_first_restart=fast)
         self._state.error = DeploymentError(
             code=failure.code,
