@@ -82,9 +82,7 @@ FAST_RECOVERY_PATCH = "fast-recovery-v1"
 # Since this patch, select_engine runs beside allocate_port, and configure_route beside prepare_files.
 CONCURRENT_NODE_STEPS_PATCH = "concurrent-node-steps-v1"
 # Since this patch, prepare_files plans the memory too: no plan_resources step, one round trip
-# through Temporal fewer before the launch. (Placement as a local activity would save another, but
-# its result can land in a later workflow task than the one that ran it, and the patch checks after
-# it then replay differently: a nondeterminism error caught by the replay test.)
+# through Temporal fewer before the launch.
 PLAN_WITH_FILES_PATCH = "plan-with-files-v1"
 # Since this patch, prepare_files chooses the engine first (no select_engine step: one round trip
 # fewer before the launch), allocate_port runs beside it, and configure_route beside launch_engine.
