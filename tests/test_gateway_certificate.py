@@ -13,6 +13,7 @@ from berth.activities.routing import GATEWAY_FILE, write_gateway_config
 from berth.settings import Settings
 from berth.testing.harness import free_port
 from berth.worker.gateway import traefik_binary
+from berth.worker.main import give_gateway_a_certificate
 
 
 def _settings(home) -> Settings:
@@ -56,6 +57,29 @@ def test_the_gateway_config_carries_the_certificate_once_it_is_made(tmp_path):
     certificate_pem, key_pem = read_certificate(certificate_path(settings))
     assert (default["certFile"], default["keyFile"]) == (certificate_pem, key_pem), "the PEM text, not paths"
     assert config["http"]["middlewares"]["berth-auth"], "the shared middleware is still there"
+
+
+def _config_has_certificate(settings: Settings) -> bool:
+    return "tls" in yaml.safe_load((settings.routes_dir / GATEWAY_FILE).read_text())
+
+
+async def test_the_worker_makes_a_new_homes_certificate_after_a_pause_and_an_existing_one_is_used_at_once(tmp_path):
+    """A new home's certificate waits a little (start-up CPU goes to what `berth up` waits for),
+    then lands in the gateway config; once made, a later start puts it there without waiting."""
+    settings = _settings(tmp_path)
+    settings.ensure_dirs()
+    write_gateway_config(settings)
+    started = time.monotonic()
+    await give_gateway_a_certificate(settings, after_s=0.5)
+    assert time.monotonic() - started >= 0.5
+    assert _config_has_certificate(settings)
+
+    write_gateway_config(settings)  # as a worker's start writes it, with the certificate made
+    assert _config_has_certificate(settings)
+    (settings.routes_dir / GATEWAY_FILE).unlink()
+    started = time.monotonic()
+    await give_gateway_a_certificate(settings, after_s=30)
+    assert time.monotonic() - started < 5 and _config_has_certificate(settings)
 
 
 async def test_traefik_serves_the_given_certificate_as_its_default(tmp_path):

@@ -14,7 +14,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from berth.activities.files import prepare_files
-from berth.activities.gateway_certificate import certificate_path, ensure_certificate
+from berth.activities.gateway_certificate import certificate_path, ensure_certificate, read_certificate
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
 from berth.activities.planning import plan_resources
@@ -139,10 +139,19 @@ async def announce_then_take_over(client: Client, settings: Settings, stop: asyn
         logging.exception("taking over from a dead worker failed")
 
 
-async def give_gateway_a_certificate(settings: Settings) -> None:
-    """Made once per home, after the worker is polling (it is not needed to serve, only to make
-    Traefik's reloads cheap); then the gateway config carries it."""
-    if await ensure_certificate(certificate_path(settings)):
+# A new home's certificate is made this long after the worker polls: it is not needed to serve, and
+# making it (a Python process importing `cryptography`, ~0.15 s of CPU) would otherwise compete with
+# the API's start-up, the last piece `berth up` waits for.
+NEW_CERTIFICATE_AFTER_S = 3.0
+
+
+async def give_gateway_a_certificate(settings: Settings, after_s: float = NEW_CERTIFICATE_AFTER_S) -> None:
+    """Made once per home, a few seconds after the worker is polling (it only makes Traefik's
+    reloads cheap); then the gateway config carries it."""
+    path = certificate_path(settings)
+    if read_certificate(path) is None:
+        await asyncio.sleep(after_s)
+    if await ensure_certificate(path):
         write_gateway_config(settings)
 
 
