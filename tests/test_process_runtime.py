@@ -57,3 +57,23 @@ def _wait_status(tmp_path, timeout_s=10):
         if status.exit_code is not None or time.monotonic() > deadline:
             return status
         time.sleep(0.01)
+
+
+def test_stop_instance_finds_unrecorded_leftovers_only_when_asked(tmp_path):
+    """A launch's first attempt with no record skips the look through every process (there can be
+    no leftover); a retried launch, and stop_engine, still find a process nobody recorded."""
+    from berth.activities.engine_records import EngineRecords
+    from berth.activities.launch import stop_instance
+
+    records = EngineRecords(tmp_path / "run")
+    started = run(tmp_path, "import time; time.sleep(60)", "t-4")
+    try:
+        stop_instance(records, "t-4", grace_s=1, containers=False, unrecorded=False)
+        assert process_runtime.is_alive(started.pid, started.pid_create_time), "not looked for"
+        stop_instance(records, "t-4", grace_s=1, containers=False)
+        deadline = time.monotonic() + 5
+        while process_runtime.is_alive(started.pid, started.pid_create_time) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_runtime.is_alive(started.pid, started.pid_create_time), "found by its marker and killed"
+    finally:
+        process_runtime.stop_group(started.wrapper_pid, grace_s=1)
