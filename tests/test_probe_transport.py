@@ -1,4 +1,4 @@
-"""The probes' HTTP transport against real local servers: what the engines' probe code relies on
+"""The probes' HTTP client against real local servers: what the engines' probe code relies on
 (status codes, headers sent, bodies read, and httpx's exceptions for each way a probe can fail)."""
 
 import asyncio
@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from berth.activities.probe_transport import ProbeTransport
+from berth.activities.probe_transport import ProbeClient
 
 
 class Engine(BaseHTTPRequestHandler):
@@ -51,27 +51,54 @@ def engine_url():
     server.shutdown()
 
 
-def client(**kwargs) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=ProbeTransport(), **kwargs)
-
-
 async def test_status_codes_headers_and_bodies(engine_url):
-    async with client(headers={"Authorization": "Bearer t"}) as probe:
-        ready = await probe.get(engine_url + "/health?full=1")
-        assert ready.status_code == 200 and ready.json() == {"path": "/health?full=1", "auth": "Bearer t"}
-        assert (await probe.get(engine_url + "/loading")).status_code == 503
-        assert (await probe.get(engine_url + "/chunked")).json() == {"status": "ok"}
-        echoed = await probe.post(engine_url + "/v1/chat/completions", json={"max_tokens": 1})
-        assert echoed.status_code == 200 and echoed.json() == {"max_tokens": 1}
+    probe = ProbeClient(headers=(("Authorization", "Bearer t"),))
+    ready = await probe.get(engine_url + "/health?full=1")
+    assert ready.status_code == 200 and ready.json() == {"path": "/health?full=1", "auth": "Bearer t"}
+    assert (await probe.get(engine_url + "/loading")).status_code == 503
+    chunked = await probe.get(engine_url + "/chunked")
+    assert chunked.json() == {"status": "ok"} and "transfer-encoding" not in chunked.headers
+    echoed = await probe.post(engine_url + "/v1/chat/completions", json={"max_tokens": 1})
+    assert echoed.status_code == 200 and echoed.json() == {"max_tokens": 1}
+
+
+async def test_answers_split_across_reads_and_closed_connections():
+    """A head and body that arrive in pieces, a body delimited by the connection closing, a
+    chunked body whose chunks come one by one, and a body cut short (an error, not a short answer)."""
+    answers = {
+        b"/pieces": [b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r\nhe", b"llo"],
+        b"/until-close": [b"HTTP/1.0 200 OK\r\n\r\n", b"all of it"],
+        b"/chunks": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", b"2\r\nde\r\n", b"0\r\n\r\n"],
+        b"/cut": [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+    }
+
+    async def serve(reader, writer):
+        path = (await reader.readuntil(b"\r\n\r\n")).split(b" ")[1]
+        for part in answers[path]:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    probe = ProbeClient()
+    try:
+        assert (await probe.get(base + "/pieces")).content == b"hello"
+        assert (await probe.get(base + "/until-close")).content == b"all of it"
+        assert (await probe.get(base + "/chunks")).content == b"abcde"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await probe.get(base + "/cut")
+    finally:
+        server.close()
 
 
 async def test_a_closed_port_is_a_connect_error():
     with socket.socket() as spare:
         spare.bind(("127.0.0.1", 0))
         port = spare.getsockname()[1]  # bound, never listening: refused
-        async with client() as probe:
-            with pytest.raises(httpx.ConnectError):
-                await probe.get(f"http://127.0.0.1:{port}/health")
+        with pytest.raises(httpx.ConnectError):
+            await ProbeClient().get(f"http://127.0.0.1:{port}/health")
 
 
 async def test_a_silent_engine_is_a_read_timeout():
@@ -79,11 +106,11 @@ async def test_a_silent_engine_is_a_read_timeout():
     listener.bind(("127.0.0.1", 0))
     listener.listen()  # accepts connections (the kernel does) and never answers
     try:
-        async with client(timeout=httpx.Timeout(0.3, connect=1.0)) as probe:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(httpx.ReadTimeout):
-                await probe.get(f"http://127.0.0.1:{listener.getsockname()[1]}/health")
-            assert asyncio.get_running_loop().time() - started < 2
+        probe = ProbeClient(connect_timeout_s=1.0, read_timeout_s=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.ReadTimeout):
+            await probe.get(f"http://127.0.0.1:{listener.getsockname()[1]}/health")
+        assert asyncio.get_running_loop().time() - started < 2
     finally:
         listener.close()
 
@@ -98,14 +125,12 @@ async def test_garbage_is_a_protocol_error():
     server = await asyncio.start_server(garbage, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with client() as probe:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await probe.get(f"http://127.0.0.1:{port}/health")
+        with pytest.raises(httpx.RemoteProtocolError):
+            await ProbeClient().get(f"http://127.0.0.1:{port}/health")
     finally:
         server.close()
 
 
 async def test_only_plain_http():
-    async with client() as probe:
-        with pytest.raises(httpx.UnsupportedProtocol):
-            await probe.get("https://127.0.0.1:1/health")
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await ProbeClient().get("https://127.0.0.1:1/health")

@@ -4,7 +4,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -54,6 +54,16 @@ class ContainerSpec:
     ipc_mode: str | None = None
 
 
+class HttpProbe(Protocol):
+    """What an engine's probe asks through: berth.activities.probe_transport.ProbeClient in the
+    worker (an httpx.AsyncClient answers the same calls). Answers have `status_code`; failures raise
+    httpx's exceptions (ConnectError, ReadError, RemoteProtocolError, TimeoutException...)."""
+
+    async def get(self, url: str) -> Any: ...
+
+    async def post(self, url: str, json: Any = None) -> Any: ...
+
+
 class Engine(ABC):
     """One inference engine. Subclasses live one per file in this package."""
 
@@ -74,7 +84,7 @@ class Engine(ABC):
         """The container to run for this request (engines whose runtime() is "container")."""
         raise NotImplementedError(f"engine {self.name!r} does not run in a container")
 
-    async def probe(self, client: httpx.AsyncClient, base_url: str, after_ready: bool = False) -> Readiness:
+    async def probe(self, client: HttpProbe, base_url: str, after_ready: bool = False) -> Readiness:
         """One look at the engine's health endpoint. `after_ready`: supervise asks about an engine
         that was ready before, so an engine whose readiness check is costly may answer from a
         cheaper liveness check."""

@@ -19,7 +19,7 @@ import httpx
 from berth.domain.diagnostics import LogPattern
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LaunchRequest
-from berth.engines.base import Engine, LaunchCommand, Readiness
+from berth.engines.base import Engine, HttpProbe, LaunchCommand, Readiness
 
 PROBE_PATH = "/v1/completions"  # a plain completion: needs no chat template
 PROBE_BODY = {"prompt": "hi", "max_tokens": 1, "temperature": 0.0}
@@ -59,7 +59,7 @@ class MlxEngine(Engine):
             env.setdefault("HF_HUB_OFFLINE", "1")
         return LaunchCommand(argv=[*argv, *request.engine_args], env=env)
 
-    async def probe(self, client: httpx.AsyncClient, base_url: str, after_ready: bool = False) -> Readiness:
+    async def probe(self, client: HttpProbe, base_url: str, after_ready: bool = False) -> Readiness:
         """Refused: starting. /health 503: the generation thread died. Then one real token: an
         answer is ready; a wait or an error means the model is still loading. Once the model was
         loaded (after_ready), /health alone: a probe must not queue behind users' generations."""

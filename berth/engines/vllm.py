@@ -25,6 +25,7 @@ from berth.engines.base import (
     ContainerSpec,
     DeviceRequest,
     Engine,
+    HttpProbe,
     LaunchCommand,
     Readiness,
     Runtime,
@@ -130,7 +131,7 @@ class VllmEngine(Engine):
             ipc_mode="host",
         )
 
-    async def probe(self, client: httpx.AsyncClient, base_url: str, after_ready: bool = False) -> Readiness:
+    async def probe(self, client: HttpProbe, base_url: str, after_ready: bool = False) -> Readiness:
         """Refused: starting. 200: ready. 503 (or any other answer): the engine died behind its API."""
         try:
             response = await client.get(base_url + self.health_path)

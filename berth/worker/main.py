@@ -18,7 +18,6 @@ from berth.activities.gateway_certificate import certificate_path, ensure_certif
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
 from berth.activities.planning import plan_resources
-from berth.activities.probe_client import close_probe_clients
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.reconcile import Reconciler
@@ -124,7 +123,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             freezing.cancel()
     finally:
         withdraw_ready(settings)
-        await close_probe_clients()
 
 
 async def announce_then_take_over(client: Client, settings: Settings, stop: asyncio.Event) -> None:
