@@ -69,26 +69,24 @@ def test_every_kind_is_recorded(generation):
     assert sorted(path.stem for path in (HISTORIES / generation).glob("*.json")) == sorted(KINDS)
 
 
+def marker_data(events: list[dict], marker: str, detail: str) -> list[dict]:
+    """The JSON payloads (base64 in the export) under `detail` of every `marker` recorded in a history."""
+    return [
+        json.loads(base64.b64decode(payload["data"]))
+        for event in events
+        if event.get("markerRecordedEventAttributes", {}).get("markerName") == marker
+        for payload in event["markerRecordedEventAttributes"]["details"][detail]["payloads"]
+    ]
+
+
 def patches(events: list[dict]) -> set[str]:
-    """The workflow.patched() ids recorded in a history (markers with a JSON payload, base64 in the export)."""
-    found = set()
-    for event in events:
-        attributes = event.get("markerRecordedEventAttributes")
-        if attributes and attributes.get("markerName") == "core_patch":
-            for payload in attributes["details"]["patch-data"]["payloads"]:
-                found.add(json.loads(base64.b64decode(payload["data"]))["id"])
-    return found
+    """The workflow.patched() ids recorded in a history."""
+    return {data["id"] for data in marker_data(events, "core_patch", "patch-data")}
 
 
 def local_activities(events: list[dict]) -> list[str]:
-    """The activity types of the local activities recorded in a history (their markers)."""
-    found = []
-    for event in events:
-        attributes = event.get("markerRecordedEventAttributes")
-        if attributes and attributes.get("markerName") == "core_local_activity":
-            for payload in attributes["details"]["data"]["payloads"]:
-                found.append(json.loads(base64.b64decode(payload["data"]))["activity_type"])
-    return found
+    """The activity types of the local activities recorded in a history."""
+    return [data["activity_type"] for data in marker_data(events, "core_local_activity", "data")]
 
 
 @pytest.mark.parametrize("generation, kind", RECORDINGS)
