@@ -134,3 +134,21 @@ async def test_garbage_is_a_protocol_error():
 async def test_only_plain_http():
     with pytest.raises(httpx.UnsupportedProtocol):
         await ProbeClient().get("https://127.0.0.1:1/health")
+
+
+async def test_an_ipv6_literal_is_reached():
+    async def ok(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(ok, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    try:
+        port = server.sockets[0].getsockname()[1]
+        assert (await ProbeClient().get(f"http://[::1]:{port}/health")).content == b"ok"
+    finally:
+        server.close()

@@ -76,7 +76,7 @@ def _split(url: str) -> tuple[str, int, str]:
 
 async def _exchange(host: str, port: int, message: bytes, connect_s: float, read_s: float) -> ProbeResponse:
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)  # [::1] or not
     sock.setblocking(False)
     connected = False
     try:
