@@ -1,5 +1,7 @@
-"""await_ready's wait between probes: woken by the engine's log or its exit, on real processes."""
+"""await_ready's wait between probes: woken by the engine's log (inotify, or its size looked at) or its
+exit, on real processes."""
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ import pytest
 
 from berth.activities import readiness
 from berth.activities.engine_watch import HeldExitWatch
+from berth.activities.file_changes import FileChanges
 from berth.activities.readiness import LogGrowth, until_next_probe
 
 # Writes one line to its log after a moment, then waits to be killed.
@@ -79,3 +82,48 @@ def test_log_growth_sees_a_log_that_appears_grows_or_is_replaced(tmp_path):
     assert log.grew() and not log.grew()
     path.write_text("x\n")  # rotated: shorter than before
     assert log.grew()
+
+
+async def test_with_inotify_a_log_line_or_an_exit_wakes_the_wait_and_a_quiet_log_costs_nothing(engine_log, monkeypatch):
+    """The same wait on the kernel's word (inotify): woken by the line, by the exit, and while the
+    log is quiet the worker does nothing until the poll is due."""
+    changes = FileChanges.open(engine_log)
+    assert changes is not None, "Linux has inotify"
+    process, watch = _start(LOGS_LATER, str(engine_log))
+    try:
+        log = LogGrowth(engine_log)
+        started, cpu = time.monotonic(), time.process_time()
+        await until_next_probe(None, watch, log, 0.2, changes)
+        assert time.monotonic() - started >= 0.19, "nothing happened yet: the whole poll"
+        assert time.process_time() - cpu < 0.02, "and no looking meanwhile"
+
+        monkeypatch.setattr(readiness, "QUIET_POLL_S", 30.0)
+        await until_next_probe(None, watch, log, 60, changes)
+        assert time.monotonic() - started < 15, "the line woke the wait"
+        assert engine_log.read_text().endswith("serving\n") and not log.grew(), "the growth was taken"
+
+        process.kill()
+        started = time.monotonic()
+        await until_next_probe(None, watch, log, 60, changes)
+        assert time.monotonic() - started < 15 and watch.exited(), "the exit woke the wait"
+    finally:
+        changes.close()
+        watch.close()
+        process.kill()
+        process.wait()
+
+
+async def test_file_changes_remember_a_write_until_the_next_wait(tmp_path):
+    path = tmp_path / "engine.log"
+    path.write_text("")
+    changes = FileChanges.open(path)
+    try:
+        assert not await changes.wait(0.05), "nothing written"
+        with open(path, "a") as log:
+            log.write("a line\n")
+        await asyncio.sleep(0.05)  # the event arrives while nobody waits
+        assert await changes.wait(5), "remembered for the next wait"
+        assert not await changes.wait(0.05), "and taken by it"
+    finally:
+        changes.close()
+    assert FileChanges.open(tmp_path / "missing.log") is None

@@ -184,6 +184,11 @@ class HeldExitWatch:
     def exited(self) -> bool:
         return self._exited.done()
 
+    @property
+    def exit(self) -> asyncio.Future:
+        """Done when the process has exited (wait on it beside other things; never cancel it)."""
+        return self._exited
+
     async def wait(self, timeout_s: float) -> bool:
         """True as soon as the process has exited, False after timeout_s if it still runs."""
         with contextlib.suppress(asyncio.TimeoutError):

@@ -1,13 +1,13 @@
 """await_ready: from launched to serving, or a named failure. INITIALIZING in the workflow.
 
-Probes the engine's own readiness within 10 ms of the engine writing to its log (an engine logs
-the moment it serves, and little while it loads), else every 200 ms (every 50 ms in a container,
-whose log is Docker's), and watches the process: an engine that dies while loading is reported
-at once with its log lines, and so is one whose own health check keeps saying it is broken (an
-MLX server whose load failed, a vLLM API server whose engine died); one not ready within the
-budget (counted from its launch, so a worker restart does not extend it) is STARTUP_TIMEOUT.
-Ready means ready where users call it: the same probe must then pass through the gateway's route
-too.
+Probes the engine's own readiness when the engine writes to its log (an engine logs the moment it
+serves, and little while it loads; inotify says when, at most one probe per 10 ms), else every 200
+ms (every 50 ms in a container, whose log is Docker's), and watches the process: an engine that
+dies while loading is reported at once with its log lines, and so is one whose own health check
+keeps saying it is broken (an MLX server whose load failed, a vLLM API server whose engine died);
+one not ready within the budget (counted from its launch, so a worker restart does not extend it)
+is STARTUP_TIMEOUT. Ready means ready where users call it: the same probe must then pass through
+the gateway's route too.
 """
 
 import asyncio
@@ -19,6 +19,7 @@ from temporalio import activity
 
 from berth.activities.engine_records import EngineRecords
 from berth.activities.engine_watch import EngineView, HeldExitWatch
+from berth.activities.file_changes import FileChanges
 from berth.activities.probe_client import probe_client
 from berth.api_token import load_api_token
 from berth.domain.errors import ErrorCode, Failure
@@ -29,7 +30,7 @@ from berth.settings import Settings
 
 POLL_S = 0.05  # between probes where the log cannot tell when to look (a container; no pidfd, as on macOS)
 QUIET_POLL_S = 0.2  # between probes while a watched log stays quiet
-LOG_CHECK_S = 0.01  # how often the log's size is looked at meanwhile (a stat, nothing read)
+LOG_CHECK_S = 0.01  # probes at most this often on log writes; without inotify, how often the log's size is looked at
 # between probes through the gateway once the engine itself is ready: what is awaited then is
 # Traefik loading the route's file (it answers 404 for the path until then)
 GATEWAY_POLL_S = 0.01
@@ -55,6 +56,7 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
     records = EngineRecords(settings.run_dir)
     watch = HeldExitWatch.open(EngineView.of(handle, records).record)  # None: ask the view each time
     log = LogGrowth(Path(handle.log_path))
+    changes = FileChanges.open(handle.log_path) if watch else None  # None: look at the log's size
     try:
         while True:
             view = EngineView.of(handle, records)  # read again: a shutdown shows there
@@ -82,10 +84,12 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
                 activity.heartbeat(last_seen.value)
                 last_heartbeat = now
             if direct:
-                await until_next_probe(view, watch, log, deadline - now)
+                await until_next_probe(view, watch, log, deadline - now, changes)
             else:  # the engine serves: only Traefik's reload of the route can lag
                 await view.wait_for_exit(min(GATEWAY_POLL_S, deadline - now), watch)
     finally:
+        if changes:
+            changes.close()
         if watch:
             watch.close()
 
@@ -109,17 +113,26 @@ class LogGrowth:
         return grew
 
 
-async def until_next_probe(view: EngineView, watch: HeldExitWatch | None, log: LogGrowth, budget_s: float) -> None:
+async def until_next_probe(
+    view: EngineView, watch: HeldExitWatch | None, log: LogGrowth, budget_s: float, changes: FileChanges | None = None
+) -> None:
     """Wait until the next probe is due (never past the budget): as soon as the engine exits or
     writes to its log, else after QUIET_POLL_S. llama.cpp's server (and berth's launcher for it) says
-    nothing while the weights load and logs the moment it serves: the probe that sees it follows
-    within LOG_CHECK_S, where a 50 ms poll was 25 ms late on average and probed ~40 times in a 2 s
-    load. Without a held watch (a container, whose log is Docker's; no pidfd, as on macOS): every
-    POLL_S."""
+    nothing while the weights load and logs the moment it serves: the probe that sees it follows at
+    once (a 50 ms poll was 25 ms late on average and probed ~40 times in a 2 s load). With `changes`
+    (inotify on the log) the worker does nothing meanwhile, and probes at most every LOG_CHECK_S on
+    a chatty log; without, it looks at the log's size every LOG_CHECK_S. Without a held watch (a
+    container, whose log is Docker's; no pidfd, as on macOS): every POLL_S."""
     if watch is None:
         await view.wait_for_exit(min(POLL_S, budget_s))
         return
-    until = time.monotonic() + min(QUIET_POLL_S, budget_s)
+    started = time.monotonic()
+    until = started + min(QUIET_POLL_S, budget_s)
+    if changes is not None:
+        if await changes.wait(until - started, also=watch.exit):
+            log.grew()  # taken: the size is known as of this wake
+            await asyncio.sleep(max(0.0, min(started + LOG_CHECK_S, until) - time.monotonic()))
+        return
     while (remaining := until - time.monotonic()) > 0:
         await asyncio.sleep(min(LOG_CHECK_S, remaining))
         if watch.exited() or log.grew():
