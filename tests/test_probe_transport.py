@@ -115,14 +115,20 @@ async def test_a_silent_engine_is_a_read_timeout():
         listener.close()
 
 
-async def test_garbage_is_a_protocol_error():
-    async def garbage(reader, writer):
+def replying(answer: bytes):
+    """A connection handler that reads one request head, writes `answer` and closes."""
+
+    async def reply(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    return reply
+
+
+async def test_garbage_is_a_protocol_error():
+    server = await asyncio.start_server(replying(b"SSH-2.0-OpenSSH\r\n\r\n"), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(httpx.RemoteProtocolError):
@@ -137,14 +143,8 @@ async def test_only_plain_http():
 
 
 async def test_an_ipv6_literal_is_reached():
-    async def ok(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
     try:
-        server = await asyncio.start_server(ok, "::1", 0)
+        server = await asyncio.start_server(replying(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), "::1", 0)
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
     try:
