@@ -1,13 +1,13 @@
 """Being told when a file is written to (Linux inotify, through libc), instead of looking every few ms.
 
 await_ready wakes when the loading engine writes to its log. Looking at the log's size every 10 ms
-cost the worker ~39 ms of CPU per 2 s of loading (200 looks, each a wake-up of the event loop and a
-stat; measured on a quiet log), i.e. ~2% of a core per deployment being loaded, taken from the engine itself
-while it loads (llama.cpp's load runs more than one thread on 2 cores) and from every other loading
-deployment (50 at once: a core). With inotify the kernel says when the file changed: nothing is done
-while the engine is quiet. Where there is no inotify (macOS), or no instance left (the kernel allows
-a user 128 by default: fs.inotify.max_user_instances; one per deployment being loaded), `open` gives
-None and the caller looks.
+cost the worker 39-50 ms of CPU per 2 s of loading (200 looks, each a wake-up of the event loop and
+a stat; measured twice on a quiet log), ~2% of a core per deployment being loaded, taken from the
+engine itself while it loads (llama.cpp's load runs more than one thread on 2 cores) and from every
+other loading deployment (50 at once: ~a core's worth). With inotify the kernel says when the file
+changed: nothing is done while the engine is quiet. Where there is no inotify (macOS), or no
+instance left (the kernel allows a user 128 by default: fs.inotify.max_user_instances; one per
+deployment being loaded), `open` gives None and the caller looks.
 """
 
 from __future__ import annotations
