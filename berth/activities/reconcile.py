@@ -138,7 +138,9 @@ class Reconciler:
             asked = await fresh(deployment)
             return None if asked is None else instance_id in asked
 
-        for record in self.records.all():
+        # The node's files and port table are read in a thread: with 1000 engines, reading their
+        # records took the event loop 40-60 ms, and state queries and probes waited behind it.
+        for record in await asyncio.to_thread(self.records.all):
             if await owned(record.deployment, record.instance_id) is False:
                 await asyncio.to_thread(stop_instance, self.records, record.instance_id)
                 report.engines_stopped.append(record.instance_id)
@@ -147,9 +149,9 @@ class Reconciler:
             if await owned(_deployment_of(instance_id), instance_id) is False:
                 await asyncio.to_thread(stop_instance, self.records, instance_id)
                 report.engines_stopped.append(instance_id)
-        for instance_id in self.ports.reserved():
+        for instance_id in await asyncio.to_thread(self.ports.reserved):
             if await owned(_deployment_of(instance_id), instance_id) is False:
-                self.ports.release(instance_id)
+                await asyncio.to_thread(self.ports.release, instance_id)
                 report.ports_released.append(instance_id)
         for deployment in sorted(await asyncio.to_thread(self.routes.deployments)):
             if not NAME_PATTERN.match(deployment) or deployment in running:
