@@ -37,7 +37,7 @@ up: presets
 test: bytecode
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bytecode
+bench: presets
 	$(BIN)/python -m bench.run
 
 clean:

@@ -40,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c),P6")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON")
     parser.add_argument("--scale", type=int, help="deployments for P5a (default 1000; --quick 100)")
+    parser.add_argument("--concurrent", type=int, metavar="K",
+                        help="tiny GGUF deployments at once for P5b (default: as many as free memory allows; --quick 20)")
     parser.add_argument("--skip-gemma", action="store_true", help="P1 on the tiny GGUF only")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (homes, logs)")
     return parser.parse_args(argv)
@@ -58,7 +60,7 @@ async def guarded(bench: Bench, ids: set[str], what: str, step) -> None:
 
 
 async def main_stack(bench: Bench) -> None:
-    with stack_session(bench, "main") as stack:
+    with stack_session(bench, "main", ports=1000) as stack:  # P5b may run hundreds of engines
         client = await stack.client()
         watch = None
         if bench.wants("P5c"):
@@ -80,6 +82,7 @@ async def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     bench = Bench(args.quick, only, workdir)
     bench.shared["skip_gemma"] = args.skip_gemma
+    bench.shared["concurrent"] = args.concurrent
     info = machine()
     print(f"berth bench ({'quick' if args.quick else 'full'}) on {info['cpu_model']}, {info['logical_cores']} cores, "
           f"{info['ram_gib']} GiB RAM ({info['ram_available_gib']} GiB available), load {info['load_average_at_start']}; "

@@ -17,8 +17,8 @@ a core); the rows report the second, their notes the first (until the route tabl
 through a queue of reloads for 25-70 s after a burst). Also: how fast the stand-ins reached DEPLOYED, and the control plane's CPU (sampled
 every 2 s throughout) and memory while they are supervised.
 
-P5b, concurrent tiny GGUF deployments: K real llama.cpp engines, K from free memory (capped at 50;
---quick 20). All K workflows started at once -> the last one DEPLOYED, against K bare engines spawned
+P5b, concurrent tiny GGUF deployments: K real llama.cpp engines, K = as many as free memory allows
+(--quick 20, --concurrent K to choose; until round 10 capped at 50). All K workflows started at once -> the last one DEPLOYED, against K bare engines spawned
 at once -> the last /health 200.
 
 P5c, history growth under supervision: one tiny deployment is DEPLOYED at the start of the main
@@ -167,8 +167,8 @@ async def concurrent_tiny(bench: Bench, stack, client) -> None:
     tiny = bench.tiny_model()
     per_engine = _engine_rss(bench, tiny)
     fit = int((psutil.virtual_memory().available - RESERVE_BYTES) / (per_engine * 1.3))
-    cap = bench.runs(50, 20)
-    k = max(1, min(cap, fit))
+    asked = bench.shared.get("concurrent") or bench.runs(fit, 20)
+    k = max(1, min(asked, fit))
     template = bench.shared.get("tiny_argv")
 
     # bare: K engines at once
@@ -225,7 +225,7 @@ async def concurrent_tiny(bench: Bench, stack, client) -> None:
         values={"k": k, "fit_by_memory": fit, "engine_rss_mb": per_engine / 1e6, "berth_s": berth_s, "bare_s": bare_s,
                 "failed": failed, "errors": errors, "stop_all_s": stop_s, "breakdown_s": where,
                 "cpu_s_per_deployment": cpu},
-        notes=[f"K = min({cap}, what fits: {fit} x {per_engine / 1e6:.0f} MB x 1.3 in available RAM less "
+        notes=[f"K = min({asked} asked, what fits: {fit} x {per_engine / 1e6:.0f} MB x 1.3 in available RAM less "
                f"{RESERVE_BYTES / 2**30:.0f} GiB); 1 engine thread each on {os.cpu_count()} cores; stopping all "
                f"{k} through berth took {secs(stop_s)}",
                "per deployment, where the time goes (median over the K, history): " + describe_breakdown(where, 10),
