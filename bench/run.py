@@ -60,6 +60,8 @@ async def guarded(bench: Bench, ids: set[str], what: str, step) -> None:
 
 
 async def main_stack(bench: Bench) -> None:
+    if bench.wants("P6"):
+        bench.shared["dropped_from_page_cache"] = footprint.drop_binaries_from_page_cache()
     with stack_session(bench, "main", ports=1000) as stack:  # P5b may run hundreds of engines
         client = await stack.client()
         watch = None
