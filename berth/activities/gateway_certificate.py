@@ -8,13 +8,15 @@ certificate. berth's gateway speaks plain HTTP, so this certificate is never sho
 only spares Traefik that work.
 
 It is made once per BERTH_HOME (an ECDSA P-256 key, self-signed) by a short-lived process
-(`python -m berth.activities.gateway_certificate PATH`): the `cryptography` package would otherwise
+(`python -m berth.activities.gateway_certificate PATH`), started as the worker starts, at the lowest
+CPU priority so that `berth up` is not slower for it: the `cryptography` package would otherwise
 stay in the worker's memory for good (~19 MB). The PEM text goes into the gateway's dynamic config
 itself rather than as a path, so Traefik reads it wherever its routes folder is mounted (compose).
 """
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from berth.settings import Settings
 CERTIFICATE_FILE = "gateway-default-certificate.pem"  # certificate then key, mode 0600
 CERTIFICATE_MARKER = "-----BEGIN CERTIFICATE-----"
 KEY_MARKER = "-----BEGIN PRIVATE KEY-----"
+LOWEST_PRIORITY = 19  # os.nice increment
 
 
 def certificate_path(settings: Settings) -> Path:
@@ -98,6 +101,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m berth.activities.gateway_certificate PATH", file=sys.stderr)
         return 2
+    os.nice(LOWEST_PRIORITY)  # made while berth starts: the pieces a user waits for come first
     write_atomically(Path(argv[0]), certificate_pem())  # a temp file from mkstemp: mode 0600
     return 0
 

@@ -14,7 +14,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from berth.activities.files import prepare_files
-from berth.activities.gateway_certificate import certificate_path, ensure_certificate, read_certificate
+from berth.activities.gateway_certificate import certificate_path, ensure_certificate
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
 from berth.activities.planning import plan_resources
@@ -137,19 +137,13 @@ async def announce_then_take_over(client: Client, settings: Settings, stop: asyn
         logging.exception("taking over from a dead worker failed")
 
 
-# A new home's certificate is made this long after the worker polls: it is not needed to serve, and
-# making it (a Python process importing `cryptography`, ~0.15 s of CPU) would otherwise compete with
-# the API's start-up, the last piece `berth up` waits for.
-NEW_CERTIFICATE_AFTER_S = 3.0
-
-
-async def give_gateway_a_certificate(settings: Settings, after_s: float = NEW_CERTIFICATE_AFTER_S) -> None:
-    """Made once per home, a few seconds after the worker is polling (it only makes Traefik's
-    reloads cheap); then the gateway config carries it."""
-    path = certificate_path(settings)
-    if read_certificate(path) is None:
-        await asyncio.sleep(after_s)
-    if await ensure_certificate(path):
+async def give_gateway_a_certificate(settings: Settings) -> None:
+    """Made once per home, at once, by a process at the lowest CPU priority (it only makes Traefik's
+    reloads cheap, and its ~0.15 s of CPU must not delay what `berth up` waits for); then the
+    gateway config carries it. Until round 10 a new home waited 3 s first: deployments made in
+    those seconds (`berth up --deploy`, the first runs of the bench) paid Traefik 30-380 ms of CPU
+    for a fresh RSA key at each route change, on the cores their engines were loading on."""
+    if await ensure_certificate(certificate_path(settings)):
         write_gateway_config(settings)
 
 
