@@ -33,8 +33,10 @@ async def gone(check, timeout_s: float = WITHIN_S) -> bool:
 
 
 async def test_terminated_deployment_is_reaped_within_a_reconcile_period(stack, client, tiny_gguf, name):
-    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf)))
+    handle = await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf)))
     state = await wait_for_status(client, name, S.DEPLOYED)
+    record = EngineRecords(stack.settings.run_dir).get(state.instances[0].instance_id)
+    assert record.run_id == (await handle.describe()).run_id, "the record names the run that launched it"
     temporal = Path(sys.executable).parent / "temporal"
     subprocess.run(
         [str(temporal), "workflow", "terminate", "--address", stack.settings.temporal_address,

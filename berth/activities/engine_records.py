@@ -27,6 +27,9 @@ class EngineRecord(BaseModel):
     stopped_by_shutdown: bool = False  # `berth up` stopped it on its way down: relaunch, no failure
     runtime: Literal["process", "container"] = "process"
     container_id: str | None = None  # container runtime: the Docker container
+    # the deployment workflow run that launched it ("" in records of an earlier berth): a run places
+    # its instance once and keeps it, so while that run runs, the engine is its (reconcile)
+    run_id: str = ""
 
 
 class EngineRecords:

@@ -47,13 +47,13 @@ def handle_of(record: EngineRecord) -> EngineHandle:
     )
 
 
-def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = False) -> EngineHandle:
+def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = False, run_id: str = "") -> EngineHandle:
     """Start the engine unless this instance's engine already runs; leftovers of an earlier launch
     of it go first. `first_attempt`: this activity has not run before for this launch, so with no
     record there can be no leftover (a launch that died between spawning and recording is retried as
     a later attempt; stop_engine, before any relaunch, looks for unrecorded processes itself): no
     look through every process's environment (~10 µs a process here: 0.7 ms for 66; a node with 1000
-    deployments runs over 2000)."""
+    deployments runs over 2000). `run_id`: the workflow run launching it, kept in the record."""
     records = EngineRecords(settings.run_dir)
     record = records.get(request.instance_id)
     if (
@@ -62,12 +62,17 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
         and record.port == request.port
         and record_alive(record)
     ):
+        if run_id and record.run_id != run_id:  # launched again by a later run (continued as new)
+            record = record.model_copy(update={"run_id": run_id})
+            records.put(record)
         return handle_of(record)  # a retried launch: the engine is already running
     engine = get_engine(request.engine)
     if engine.runtime() == "container":
         # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
         stop_instance(records, request.instance_id, grace_s=2.0, containers=False)
-        record = launch_container(settings, request, engine.container_request(request))
+        record = launch_container(settings, request, engine.container_request(request)).model_copy(
+            update={"run_id": run_id}
+        )
         records.put(record)
         return handle_of(record)
     stop_instance(records, request.instance_id, grace_s=2.0, unrecorded=not (first_attempt and record is None))
@@ -90,6 +95,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
         log_offset=started.log_offset,
         exit_file=str(exit_file),
         started_at=time.time(),
+        run_id=run_id,
     )
     records.put(record)
     return handle_of(record)
@@ -166,7 +172,8 @@ def stop_instance(
 
 @activity.defn(name=LAUNCH_ENGINE)
 async def launch_engine(request: LaunchRequest) -> EngineHandle:
-    return await asyncio.to_thread(launch, Settings.from_env(), request, activity.info().attempt == 1)
+    info = activity.info()
+    return await asyncio.to_thread(launch, Settings.from_env(), request, info.attempt == 1, info.workflow_run_id or "")
 
 
 @activity.defn(name=STOP_ENGINE)
