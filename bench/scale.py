@@ -18,8 +18,8 @@ through a queue of reloads for 25-70 s after a burst). Also: how fast the stand-
 every 2 s throughout) and memory while they are supervised.
 
 P5b, concurrent tiny GGUF deployments: K real llama.cpp engines, K = as many as free memory allows
-(--quick 20, --concurrent K to choose; until round 10 capped at 50). All K workflows started at once -> the last one DEPLOYED, against K bare engines spawned
-at once -> the last /health 200.
+(--quick 20, --concurrent K to choose; until round 10 capped at 50). All K workflows started at once
+-> the last one DEPLOYED, against K bare engines spawned at once -> the last /health 200.
 
 P5c, history growth under supervision: one tiny deployment is DEPLOYED at the start of the main
 stack's session and left alone while the other measurements run; its history event count is read

@@ -7,13 +7,14 @@ Engines still owned are left alone: their deployment's supervise activity re-ado
 When Temporal cannot say (a query times out), nothing is reaped: only sure orphans go.
 
 What it costs Temporal per cycle is one visibility count (milliseconds), whatever the number of
-deployments. The instance ids a run lists are remembered with its run id (a run places its
-instance once), so each run is queried once, not every cycle; a count of the remembered runs that
-still run tells whether anything changed, and only then is the list of running deployments read
-(~1 ms of Temporal's time per row). An engine's record names the run that launched it: the runs of
-new engines are confirmed running by one visibility list, without a query each. Asking every deployment for its `state` each cycle (a
-describe and a query each, ~20 ms of Temporal's and the worker's CPU) took both to 55-78% of a
-core for seconds every cycle with 200 deployments, and the p99 of status reads with them.
+deployments. The instance ids a run lists are remembered with its run id (a run places its instance
+once), so each run is queried once, not every cycle; a count of the remembered runs that still run
+tells whether anything changed, and only then is the list of running deployments read (~1 ms of
+Temporal's time per row). An engine's record names the run that launched it: the runs of new engines
+are confirmed running by one visibility list, without a query each. Asking every deployment for its
+`state` each cycle (a describe and a query each, ~20 ms of Temporal's and the worker's CPU) took
+both to 55-78% of a core for seconds every cycle with 200 deployments, and the p99 of status reads
+with them.
 Before anything is reaped the answer is checked afresh (describe, query): the visibility store
 trails the workflows by about a second, and a remembered answer must never stop a live engine.
 """
@@ -27,7 +28,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from berth.activities import process_runtime
-from berth.activities.engine_records import EngineRecords
+from berth.activities.engine_records import EngineRecord, EngineRecords
 from berth.activities.launch import stop_instance
 from berth.activities.ports import registry
 from berth.activities.route_publisher import route_publisher
@@ -114,7 +115,7 @@ class Reconciler:
             self._known[deployment] = (description.run_id, frozenset(instances))
         return instances
 
-    async def _learn_from_launching_runs(self, records: list, running: dict[str, str]) -> None:
+    async def _learn_from_launching_runs(self, records: list[EngineRecord], running: dict[str, str]) -> None:
         """Each engine record names the workflow run that launched it, and a run places its instance
         once and keeps it: while that run runs, the engine is its. The runs not known yet (a burst
         of new deployments: each would otherwise be asked for its state, a describe and a query,
@@ -122,7 +123,7 @@ class Reconciler:
         in the visibility store, ~1 ms a row; each that runs is added to `running` and remembered.
         A run not listed (not yet visible, ended, continued as new) leaves its record to a fresh
         answer, as before; records of an earlier berth name no run."""
-        unknown: dict[str, list] = {}
+        unknown: dict[str, list[EngineRecord]] = {}
         for record in records:
             if not record.run_id:
                 continue

@@ -3,15 +3,15 @@
 Each write of the table is one reload for Traefik, and a reload costs it ~0.17-0.19 ms of CPU per
 route (Traefik 3.7 with the gateway's default certificate, 100-1000 routes, round 10; round 7 saw
 ~0.5 ms on bare Traefik runs on a slower machine, perhaps without a default certificate, when each
-reload also makes an RSA key). Writing each route change at once, a
-burst of deployments kept Traefik at a full core and queued reloads for it to work through after
-the burst. So the worker writes at most once per GAP_PER_ROUTE_S x (routes in the table): a change
-that comes when no write was made within that gap is written at once (one deployment waits for
-nothing); changes that come meanwhile wait for the next write and go together. With 10 routes the
-gap is 15 ms, with 1000 it is 1.5 s: Traefik's reloads take ~12% of a core whatever the rate of
-changes. A third of that gap (0.5 ms per route) was tried in round 10 on 1000 stand-ins: each
-deployment's route waited 347 instead of 523 ms (median), Traefik took 20% of a core instead of 9%,
-and the burst went no faster (10.6 vs 10.5 deployments/s: the 2 cores were the limit): not kept.
+reload also makes an RSA key). Writing each route change at once, a burst of deployments kept
+Traefik at a full core and queued reloads for it to work through after the burst. So the worker
+writes at most once per GAP_PER_ROUTE_S x (routes in the table): a change that comes when no write
+was made within that gap is written at once (one deployment waits for nothing); changes that come
+meanwhile wait for the next write and go together. With 10 routes the gap is 15 ms, with 1000 it is
+1.5 s: Traefik's reloads take ~12% of a core whatever the rate of changes. A third of that gap (0.5
+ms per route) was tried in round 10 on 1000 stand-ins: each deployment's route waited 347 instead of
+523 ms (median), Traefik took 20% of a core instead of 9%, and the burst went no faster (10.6 vs
+10.5 deployments/s: the 2 cores were the limit): not kept.
 
 A change is awaited until written: an activity that says a route is live (or gone) has made it so
 in the file, so a worker that dies afterwards loses nothing.
