@@ -13,8 +13,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from berth.activities.hardware import probe_hardware
-from berth.activities.selection import model_bytes_of, model_format_of
 from berth.api.dependencies import require_token
 from berth.api.errors import ERROR_RESPONSES
 from berth.domain.hardware import Hardware
@@ -70,6 +68,11 @@ class EnginesReport(BaseModel):
 def engines_report(model: str | None = None, engine: str = "auto", hardware: Hardware | None = None) -> EnginesReport:
     """The report for this machine (probed unless `hardware` is given). Blocking: the probe may
     ping Docker for up to a second."""
+    # imported here: the probe (psutil, NVML through ctypes) and the model readers (the hub client)
+    # cost the API ~5 MB, and most APIs never serve this report
+    from berth.activities.hardware import probe_hardware
+    from berth.activities.selection import model_bytes_of, model_format_of
+
     hardware = hardware or probe_hardware()
     model_format = model_format_of(model) if model else None
     engines = []
