@@ -70,9 +70,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
     if engine.runtime() == "container":
         # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
         stop_instance(records, request.instance_id, grace_s=2.0, containers=False)
-        record = launch_container(settings, request, engine.container_request(request)).model_copy(
-            update={"run_id": run_id}
-        )
+        record = launch_container(settings, request, engine.container_request(request), run_id)
         records.put(record)
         return handle_of(record)
     stop_instance(records, request.instance_id, grace_s=2.0, unrecorded=not (first_attempt and record is None))
@@ -101,7 +99,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
     return handle_of(record)
 
 
-def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec) -> EngineRecord:
+def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec, run_id: str = "") -> EngineRecord:
     spec = replace(spec, labels={**spec.labels, HOME_LABEL: str(settings.home)})
     path = log_path(settings.logs_dir, request.deployment)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +142,7 @@ def launch_container(settings: Settings, request: LaunchRequest, spec: Container
         started_at=time.time(),
         runtime="container",
         container_id=started.id,
+        run_id=run_id,
     )
 
 
