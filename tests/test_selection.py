@@ -97,6 +97,7 @@ CASES = [
     Case("linux-cpu-mlx-installed", {**LINUX, "mlx": True}, "safetensors", "auto", "mlx"),
     Case("linux-cpu-docker-no-mlx", {**LINUX, "docker": True}, "safetensors", "auto", "refused: vLLM needs an NVIDIA GPU"),
     Case("linux-cpu-nothing", LINUX, "safetensors", "auto", "refused: convert_hf_to_gguf"),
+    Case("linux-cpu-nothing-names-mlx-extra", LINUX, "safetensors", "auto", "refused: pip install 'berth[mlx]'"),
     Case("windows-safetensors", WINDOWS, "safetensors", "auto", "refused: no engine on this node serves safetensors"),
     # --- formats no engine serves -------------------------------------------------------------
     Case("bin", {**LINUX_GPU, "docker": True}, "unsupported:PyTorch .bin weights", "auto", "refused: PyTorch .bin weights"),
@@ -117,6 +118,7 @@ CASES = [
     Case("force-vllm-gguf-names-llamacpp", {**LINUX_GPU, "docker": True}, "gguf", "vllm", "refused: use llamacpp"),
     Case("force-mlx-not-installed-mac", MAC, "safetensors", "mlx", "refused: pip install mlx-lm"),
     Case("force-mlx-not-installed-linux", {**LINUX_GPU, "docker": True}, "safetensors", "mlx", "refused: MLX is not installed"),
+    Case("force-mlx-not-installed-linux-extra", LINUX, "safetensors", "mlx", "refused: pip install 'berth[mlx]'"),
     Case("force-mlx-gguf", {**MAC, "mlx": True}, "gguf", "mlx", "refused: does not serve gguf"),
     Case("force-llamacpp-safetensors", {**MAC, "mlx": True}, "safetensors", "llamacpp", "refused: convert_hf_to_gguf"),
     Case("force-llamacpp-not-installed", {**LINUX, "llama": False}, "gguf", "llamacpp", "refused: pip install xllamacpp"),

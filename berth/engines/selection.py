@@ -114,7 +114,7 @@ def _can_run(engine: str, hardware: Hardware) -> tuple[bool, str]:
             return False, f"MLX is not installed on this {hardware.apple_silicon.chip}: `pip install mlx-lm`"
         return False, (
             "MLX is not installed: it runs natively on Apple silicon Macs (`pip install mlx-lm`); "
-            "on Linux only on the CPU (`pip install 'mlx[cpu]' mlx-lm`)"
+            "on Linux only on the CPU, an optional extra (`pip install 'berth[mlx]'`)"
         )
     return True, f"{engine} has no hardware requirement known to berth"
 
@@ -216,7 +216,7 @@ def _no_engine_message(model_format: str, hardware: Hardware, missing: list[str]
         else:
             install = (
                 "vLLM needs an NVIDIA GPU and MLX an Apple silicon Mac; on this CPU-only node "
-                "`pip install 'mlx[cpu]' mlx-lm` serves it slowly"
+                "the optional MLX extra (`pip install 'berth[mlx]'`) serves it slowly on the CPU"
             )
         return f"no engine on this node serves safetensors models: {install}, {_CONVERT_TO_GGUF}"
     detail = "; ".join(missing) if missing else "no engine for it is installed"
