@@ -248,14 +248,14 @@ class DeploymentWorkflow:
         instance = self._state.instances[0] if self._state.instances else None
         if instance is None:
             return
-        await NodeSteps(instance, lambda: self._interrupted).stop_engine()
+        await NodeSteps(instance).stop_engine()
         instance.pid = None
 
     async def _release_route_and_port(self) -> None:
         instance = self._state.instances[0] if self._state.instances else None
         if instance is None:
             return
-        node = NodeSteps(instance, lambda: self._interrupted)
+        node = NodeSteps(instance)
         await node.remove_route(self._state.spec.name)
         await node.release_port()
         instance.port = None

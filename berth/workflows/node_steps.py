@@ -46,7 +46,9 @@ from berth.workflows import activity_options as options
 
 async def place(requested_node: str | None) -> str:
     """Which node runs the deployment (the requested one, or the control plane's choice)."""
-    return await workflow.execute_local_activity(PLACE_DEPLOYMENT, requested_node, result_type=str, **options.LOCAL_QUICK)
+    return await workflow.execute_local_activity(
+        PLACE_DEPLOYMENT, requested_node, result_type=str, **options.LOCAL_QUICK
+    )
 
 
 class NodeSteps:
@@ -55,7 +57,7 @@ class NodeSteps:
     activity does not heartbeat, so the cancel never reached it and it completed. Teardown steps
     always run to their end."""
 
-    def __init__(self, instance: InstanceState, interrupted: Callable[[], bool]) -> None:
+    def __init__(self, instance: InstanceState, interrupted: Callable[[], bool] = lambda: False) -> None:
         self.instance = instance
         self.queue = node_task_queue(instance.node)
         self._interrupted = interrupted
