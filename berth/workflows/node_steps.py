@@ -1,0 +1,152 @@
+"""The deployment workflow's calls to its activities, each with its request and its options
+(berth.workflows.activity_options), and the helpers of its loop: steps side by side, the Failure an
+activity raised.
+
+Every step but placement runs on the deployment's node (its task queue); placement is a local
+activity, run by the worker that runs the workflow task, so the pipeline goes on in the same
+workflow task (one round trip through Temporal fewer).
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from berth.domain.errors import ErrorCode, Failure
+    from berth.domain.pipeline import (
+        ALLOCATE_PORT,
+        AWAIT_READY,
+        CONFIGURE_ROUTE,
+        LAUNCH_ENGINE,
+        PLACE_DEPLOYMENT,
+        PREPARE_FILES,
+        RELEASE_PORT,
+        REMOVE_ROUTE,
+        STOP_ENGINE,
+        SUPERVISE,
+        EngineHandle,
+        EngineOutcome,
+        LaunchRequest,
+        PortRequest,
+        PreparedModel,
+        PrepareFilesInput,
+        ReadyRequest,
+        RouteRequest,
+        StopRequest,
+    )
+    from berth.domain.spec import DeploymentSpec
+    from berth.domain.state import InstanceState
+    from berth.settings import node_task_queue
+
+from berth.workflows import activity_options as options
+
+
+async def place(requested_node: str | None) -> str:
+    """Which node runs the deployment (the requested one, or the control plane's choice)."""
+    return await workflow.execute_local_activity(
+        PLACE_DEPLOYMENT, requested_node, result_type=str, **options.LOCAL_QUICK
+    )
+
+
+class NodeSteps:
+    """The activities of one instance, on its node. `interrupted`: whether a stop or retry came;
+    a pipeline step that completes after one ends the pass (raises CancelledError), since a short
+    activity does not heartbeat, so the cancel never reached it and it completed. Teardown steps
+    always run to their end."""
+
+    def __init__(self, instance: InstanceState, interrupted: Callable[[], bool] = lambda: False) -> None:
+        self.instance = instance
+        self.queue = node_task_queue(instance.node)
+        self._interrupted = interrupted
+
+    # ---- the pipeline ---------------------------------------------------------------------------
+
+    async def allocate_port(self) -> int:
+        request = PortRequest(instance_id=self.instance.instance_id)
+        return await self._step(ALLOCATE_PORT, request, int, **options.QUICK)
+
+    async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool) -> PreparedModel:
+        """The files in place, the engine chosen before them (PreparedModel.choice) and the memory
+        planned after them (PreparedModel.plan)."""
+        request = PrepareFilesInput(
+            deployment=spec.name, model=spec.model, engine=None, choose_engine=True, override=spec.engine,
+            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size,
+        )
+        return await self._step(PREPARE_FILES, request, PreparedModel, **options.PREPARE_FILES)
+
+    async def configure_route(self, spec: DeploymentSpec, engine: str) -> str:
+        request = RouteRequest(deployment=spec.name, port=self.instance.port, engine=engine, public=spec.public)
+        return await self._step(CONFIGURE_ROUTE, request, str, **options.QUICK)
+
+    async def launch(
+        self, spec: DeploymentSpec, engine: str, model_path: str, context_size: int | None
+    ) -> EngineHandle:
+        request = LaunchRequest(
+            instance_id=self.instance.instance_id,
+            deployment=spec.name,
+            engine=engine,
+            model_path=model_path,
+            port=self.instance.port,
+            context_size=context_size,
+            engine_args=spec.engine_args,
+            env=spec.env,
+        )
+        return await self._step(LAUNCH_ENGINE, request, EngineHandle, **options.QUICK)
+
+    async def await_ready(self, handle: EngineHandle, startup_timeout_s: float) -> EngineOutcome:
+        request = ReadyRequest(handle=handle, startup_timeout_s=startup_timeout_s)
+        return await self._step(AWAIT_READY, request, EngineOutcome, **options.await_ready(startup_timeout_s))
+
+    async def supervise(self, handle: EngineHandle) -> EngineOutcome:
+        return await self._step(SUPERVISE, handle, EngineOutcome, **options.SUPERVISE)
+
+    async def _step(self, activity: str, arg: Any, result_type: type, **activity_options: Any) -> Any:
+        result = await workflow.execute_activity(
+            activity, arg, task_queue=self.queue, result_type=result_type, **activity_options
+        )
+        if self._interrupted():
+            raise asyncio.CancelledError()
+        return result
+
+    # ---- teardown -------------------------------------------------------------------------------
+
+    async def stop_engine(self) -> None:
+        request = StopRequest(instance_id=self.instance.instance_id)
+        await workflow.execute_activity(STOP_ENGINE, request, task_queue=self.queue, **options.TEARDOWN)
+
+    async def remove_route(self, deployment: str) -> None:
+        await workflow.execute_activity(REMOVE_ROUTE, deployment, task_queue=self.queue, **options.TEARDOWN)
+
+    async def release_port(self) -> None:
+        request = PortRequest(instance_id=self.instance.instance_id)
+        await workflow.execute_activity(RELEASE_PORT, request, task_queue=self.queue, **options.TEARDOWN)
+
+
+async def together(*steps):
+    """Run steps side by side; when one fails, the others are cancelled (and awaited) first."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def failure_of(error: ActivityError) -> Failure:
+    """The Failure an activity raised, or a TRANSIENT one for a fault with no code of its own."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.type in ErrorCode.__members__:
+        if cause.details:
+            return Failure.model_validate(cause.details[0])
+        return Failure(code=ErrorCode(cause.type), message=cause.message)
+    message = str(cause or error)
+    return Failure(code=ErrorCode.TRANSIENT, message=f"a step of the pipeline failed: {message}")
+
+
+def unknown_failure() -> Failure:
+    return Failure(code=ErrorCode.TRANSIENT, message="the engine stopped for no reason berth could see")

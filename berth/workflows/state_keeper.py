@@ -1,0 +1,101 @@
+"""The deployment workflow's bookkeeping: what the `state` query answers and the search attributes
+say. Transitions, instance statuses, the engine's choice, the prepared files, the last error.
+Deterministic: times come from `workflow.now()`.
+"""
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+
+with workflow.unsafe.imports_passed_through():
+    from berth.domain.errors import Failure
+    from berth.domain.guidance import GuidanceFacts, guidance_for
+    from berth.domain.pipeline import EngineChoice, PreparedModel
+    from berth.domain.state import DeploymentError, DeploymentState, Transition
+    from berth.domain.status import DeploymentStatus, InstanceStatus
+    from berth.domain.temporal_names import ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE, STATUS_ATTRIBUTE
+
+BERTH_STATUS = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
+BERTH_ENGINE = SearchAttributeKey.for_keyword(ENGINE_ATTRIBUTE)
+BERTH_MODEL = SearchAttributeKey.for_keyword(MODEL_ATTRIBUTE)
+
+MAX_TRANSITIONS = 200
+# the statuses that an instance shares with its deployment
+_INSTANCE_SHARES = (DeploymentStatus.ERROR, DeploymentStatus.FAILED, DeploymentStatus.MUST_REDOWNLOAD)
+
+
+class StateKeeper:
+    """Writes a DeploymentState the way the workflow's steps report it."""
+
+    def __init__(self, state: DeploymentState) -> None:
+        self.state = state
+
+    def transition(self, status: DeploymentStatus, detail: str) -> None:
+        """The deployment's status changes: recorded (the last MAX_TRANSITIONS kept) and searchable."""
+        self.state.status = status
+        self.state.transitions.append(Transition(at=workflow.now(), status=status, detail=detail))
+        del self.state.transitions[:-MAX_TRANSITIONS]
+        if status in _INSTANCE_SHARES:
+            self.set_instance(InstanceStatus(status.value))
+        self.upsert_search_attributes()
+
+    def set_instance(self, status: InstanceStatus) -> None:
+        for instance in self.state.instances:
+            instance.status = status
+        if status is not InstanceStatus.COPYING_FILES:
+            self.state.download = None
+
+    def record_engine(self, choice: EngineChoice) -> None:
+        self.state.engine, self.state.engine_reasons = choice.engine, choice.reasons
+        self.upsert_search_attributes()
+
+    def take_files(self, model: PreparedModel) -> None:
+        """The files are in place, with the memory plan (None when the header cannot be read)."""
+        plan = model.plan
+        self.state.model_path, self.state.model_choice = model.path, model.note
+        self.state.context_size = plan.context_size if plan else self.state.spec.context_size
+        self.state.resource_plan = plan.reasons if plan else []
+
+    def record_error(self, failure: Failure) -> None:
+        """The failure as the user reads it: code, message, what to do about it, the engine's log."""
+        self.state.error = DeploymentError(
+            code=failure.code,
+            message=failure.message,
+            guidance=guidance_for(failure.code, self._guidance_facts(failure)),
+            log_lines=failure.log_lines,
+            suggested_context_size=failure.suggested_context_size,
+            at=workflow.now(),
+        )
+
+    def reject_patch(self, invalid: ValidationError | None) -> None:
+        """A retry's spec patch: why it was refused, or None once one is accepted."""
+        self.state.rejected_patch = None if invalid is None else _validation_message(invalid)
+
+    def upsert_search_attributes(self) -> None:
+        updates = [
+            BERTH_STATUS.value_set(self.state.status.value),
+            BERTH_MODEL.value_set(self.state.spec.model[:2048]),
+        ]
+        if self.state.engine:
+            updates.append(BERTH_ENGINE.value_set(self.state.engine))
+        workflow.upsert_search_attributes(updates)
+
+    def _guidance_facts(self, failure: Failure) -> GuidanceFacts:
+        spec = self.state.spec
+        return GuidanceFacts(
+            deployment=spec.name,
+            model=spec.model,
+            engine=self.state.engine,
+            context_size=spec.context_size,
+            startup_timeout_s=spec.startup_timeout_s,
+            suggested_context_size=failure.suggested_context_size,
+            exit_code=failure.exit_code,
+            signal=failure.signal,
+            missing_files=failure.missing_files,
+        )
+
+
+def _validation_message(invalid: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'patch'}: {error['msg']}" for error in invalid.errors()
+    )
