@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from berth.api.facade import BadRequest, Conflict, DeploymentsError, NotFound, Unavailable, describe_problem
+from berth.api.facade.errors import BadRequest, Conflict, DeploymentsError, NotFound, Unavailable, describe_problem
 
 log = logging.getLogger("berth.api")
 
