@@ -109,7 +109,7 @@ def missing_model_message(reference: str) -> str:
             f"{reference!r} is neither a model file on this node nor a berth preset; the presets are: "
             f"{catalogue_text()}. Otherwise give the path of a .gguf file or of a model folder"
         )
-    return f"model path {str(Path(reference).expanduser())!r} does not exist on this node"
+    return f"model path {os.path.expanduser(reference)!r} does not exist on this node"
 
 
 def missing_package_message(preset: Preset) -> str:

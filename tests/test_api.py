@@ -288,7 +288,8 @@ async def test_every_route_but_healthz_needs_the_token(stack, api):
 
         assert anonymous.get("/healthz").json() == {"status": "ok"}
         assert api.get("/v1/auth/check").status_code == 200
-        assert api.post("/v1/auth/check").status_code == 200  # whatever method the gateway forwards
+        refused = api.post("/v1/auth/check")  # the gateway's forwardAuth asks with GET only
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET"
         assert anonymous.get("/docs").status_code == 200
         schema = anonymous.get("/openapi.json").json()
         assert "/v1/deployments" in schema["paths"] and "HTTPBearer" in schema["components"]["securitySchemes"]

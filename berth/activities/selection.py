@@ -8,6 +8,7 @@ download): a model no engine here can serve fails before gigabytes are fetched f
 """
 
 import asyncio
+import os
 from pathlib import Path
 
 from temporalio import activity
@@ -29,9 +30,9 @@ from berth.settings import Settings
 
 def model_format_of(reference: str) -> str | None:
     """The format of a local model or a preset; of a remote one only as far as its name says."""
-    path = Path(reference).expanduser()
-    if path.exists():
-        return local_model_format(path)
+    path = os.path.expanduser(reference)  # os.path: no error for '~nobody', a NUL or a too-long name
+    if os.path.exists(path):
+        return local_model_format(Path(path))
     preset = preset_for(reference)  # resolved later, by prepare_files: its format is known now
     if preset is not None:
         return preset.format
@@ -71,7 +72,7 @@ async def format_for_selection(model: str, override: str) -> str | None:
 
 def model_bytes_of(reference: str) -> int | None:
     """The size of a local model (a file, or a folder's weight files), None when not local."""
-    path = Path(reference).expanduser()
+    path = Path(os.path.expanduser(reference))
     try:
         if path.is_file():
             return path.stat().st_size

@@ -8,7 +8,8 @@ from berth.api_token import ensure_api_token
 from berth.api.dependencies import require_token
 from berth.api.errors import ERROR_RESPONSES, install_error_handlers
 from berth.api.facade import Deployments
-from berth.api.limits import BodySizeLimit
+from berth.api.limits import BodySizeLimit, RequestLimits
+from berth.domain.spec import NAME_PATTERN
 from berth.settings import Settings
 
 DESCRIPTION = """Deploy models and follow them. Every deployment is the Temporal workflow
@@ -16,7 +17,13 @@ DESCRIPTION = """Deploy models and follow them. Every deployment is the Temporal
 
 Every route but `/healthz` needs `Authorization: Bearer <token>`, the token being in
 `$BERTH_HOME/api-token` (created by `berth up`) or `BERTH_API_TOKEN`. Errors are
-`{"error": {"code": ..., "message": ...}}`."""
+`{"error": {"code": ..., "message": ...}}`.
+
+A method a path does not take is a 405 in that shape, with an `Allow` header naming the methods
+it takes. Limits: a request path of at most 1024 characters, a query string of at most 8192, a
+query value of at most 4096 (the documented `maxLength` of a parameter, where lower, wins), a
+deployment name of at most 63 (a DNS label), a request body of at most 1 MiB (413); over one of
+them is a 400 that names it."""
 
 
 class Health(BaseModel):
@@ -34,6 +41,7 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.state.deployments = facade or Deployments(settings)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestLimits)
     app.include_router(routes_deployments.router)
     app.include_router(routes_engines.router)
 
@@ -50,23 +58,19 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
         summary="200 with a valid bearer token, 401 without (the gateway's forwardAuth asks this)",
     )
     async def auth_check() -> AuthCheck:
+        """GET only: Traefik's forwardAuth asks with GET whatever the method of the request it
+        guards (it would forward that method only with `preserveRequestMethod`, which berth's
+        gateway configuration does not set), so a chat POST through the gateway is checked here
+        with a GET. Any other method is a 405."""
         return AuthCheck()
-
-    # forwardAuth asks with GET; a proxy that keeps the original method gets the same answer
-    app.add_api_route(
-        "/v1/auth/check",
-        auth_check,
-        methods=["HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        dependencies=[Depends(require_token)],
-        include_in_schema=False,
-    )
 
     _document_400_not_422(app)
     return app
 
 
 def _document_400_not_422(app: FastAPI) -> None:
-    """Invalid input is a 400 in our error shape (errors.py): drop FastAPI's default 422 from /docs."""
+    """Invalid input is a 400 in our error shape (errors.py): drop FastAPI's default 422 from /docs;
+    and document a deployment name's form (a DNS label)."""
     generate = app.openapi
 
     def openapi() -> dict:
@@ -76,6 +80,10 @@ def _document_400_not_422(app: FastAPI) -> None:
                 operation.get("responses", {}).pop("422", None)
         for unused in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        # what DeploymentSpec's validator checks of a name, said where a client reads it
+        name = schema.get("components", {}).get("schemas", {}).get("DeploymentSpec", {}).get("properties", {}).get("name")
+        if name is not None:
+            name.update(pattern=NAME_PATTERN.pattern, maxLength=63)
         return schema
 
     app.openapi = openapi

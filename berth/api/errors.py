@@ -2,6 +2,7 @@
 that says what to change. Nothing else (no traceback, no framework default) reaches a client."""
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -9,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from berth.api.facade import BadRequest, Conflict, DeploymentsError, NotFound, Unavailable, describe_problem
+from berth.api.facade.errors import BadRequest, Conflict, DeploymentsError, NotFound, Unavailable, describe_problem
 
 log = logging.getLogger("berth.api")
 
@@ -82,6 +83,18 @@ def request_validation_message(errors: list[dict]) -> tuple[str, str]:
     return "invalid_request", "; ".join(problems) or "invalid request"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI schema gives the request's path (Starlette's own 405 names only those
+    of the first route that matched it: GET on /v1/deployments, not its POST)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        parts = re.split(r"(\{[^/}]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DeploymentsError)
     async def _deployments_error(request: Request, error: DeploymentsError) -> JSONResponse:
@@ -101,7 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 404:
             message = f"no such route: {request.method} {request.url.path}; the routes are listed at /docs"
         elif error.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+            allow = ", ".join(allowed_methods(request)) or (error.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; it takes {allow} (see /docs)"
+            return error_response(405, HTTP_CODES[405], message, {"Allow": allow})
         else:
             message = str(error.detail)
         code = HTTP_CODES.get(error.status_code, "http_error")

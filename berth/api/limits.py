@@ -1,10 +1,53 @@
-"""A cap on request bodies (1 MiB): refused before they are read whole, declared size or not."""
+"""Caps on what a request may carry, each refused in the API's error shape with the limit named:
+the body (1 MiB: 413, before it is read whole, declared size or not), and the path and query
+(400, before routing: no route, validator or file system call ever sees an over-long value).
+
+Parameters document lower limits of their own where they have one (`maxLength` in the OpenAPI
+schema: a deployment name 63, a model reference 4096); these are the ceilings for everything.
+"""
+
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth.api.errors import error_response
 
 MAX_BODY_BYTES = 1024 * 1024
+# Well under what the HTTP server itself takes in a request line (h11: 16 KiB for the head).
+MAX_PATH_CHARS = 1024
+MAX_QUERY_CHARS = 8192
+MAX_QUERY_VALUE_CHARS = 4096
+
+
+def request_limit_problem(scope: Scope) -> str | None:
+    """What is over a limit in the request's path or query, in words that name the limit."""
+    path = scope.get("path", "")
+    if len(path) > MAX_PATH_CHARS:
+        return f"the request path is {len(path)} characters long; at most {MAX_PATH_CHARS} are taken"
+    query = scope.get("query_string", b"")
+    if len(query) > MAX_QUERY_CHARS:
+        return f"the query string is {len(query)} characters long; at most {MAX_QUERY_CHARS} are taken"
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if len(value) > MAX_QUERY_VALUE_CHARS or len(key) > MAX_QUERY_VALUE_CHARS:
+            name = key if len(key) <= 64 else key[:61] + "..."
+            return (
+                f"query parameter {name}: {max(len(key), len(value))} characters; "
+                f"a query name or value takes at most {MAX_QUERY_VALUE_CHARS}"
+            )
+    return None
+
+
+class RequestLimits:
+    """Pure ASGI middleware: 400 for a path, query string or query value over its limit."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (problem := request_limit_problem(scope)) is not None:
+            await error_response(400, "invalid_request", problem)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

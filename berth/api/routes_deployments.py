@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 
 from berth.api.dependencies import deployments, require_token
 from berth.api.errors import ERROR_RESPONSES
@@ -26,6 +26,9 @@ router = APIRouter(
 )
 
 Facade = Annotated[Deployments, Depends(deployments)]
+# A deployment name is a DNS label: a longer one cannot name a deployment (400, naming the limit)
+Name = Annotated[str, Path(max_length=63, description="the deployment's name, a DNS label")]
+MAX_PAGE_TOKEN_CHARS = 4096
 
 
 @router.post(
@@ -46,7 +49,10 @@ async def list_deployments(
     facade: Facade,
     status: Annotated[DeploymentStatus | None, Query(description="only deployments in this status")] = None,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="at most this many rows")] = DEFAULT_PAGE_SIZE,
-    page_token: Annotated[str | None, Query(description="`next_page_token` of the previous page")] = None,
+    page_token: Annotated[
+        str | None,
+        Query(max_length=MAX_PAGE_TOKEN_CHARS, description="`next_page_token` of the previous page"),
+    ] = None,
 ) -> DeploymentPage:
     """From Temporal's visibility store (search attributes), which trails changes by about a second.
     Running deployments first, newest first, then stopped ones. Follow `next_page_token` until it is
@@ -55,7 +61,7 @@ async def list_deployments(
 
 
 @router.get("/{name}", response_model=DeploymentState, summary="A deployment's state")
-async def get_deployment(name: str, facade: Facade) -> DeploymentState:
+async def get_deployment(name: Name, facade: Facade) -> DeploymentState:
     return await facade.get(name)
 
 
@@ -65,7 +71,7 @@ async def get_deployment(name: str, facade: Facade) -> DeploymentState:
     response_model=DeploymentState,
     summary="Stop a deployment",
 )
-async def stop_deployment(name: str, facade: Facade) -> DeploymentState:
+async def stop_deployment(name: Name, facade: Facade) -> DeploymentState:
     """Stops the engine and removes its route and port; the status becomes STOPPED moments later.
     Stopping a stopped deployment is not an error."""
     return await facade.stop(name)
@@ -75,10 +81,10 @@ async def stop_deployment(name: str, facade: Facade) -> DeploymentState:
     "/{name}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DeploymentState,
-    responses={409: ERROR_RESPONSES[409]},
+    responses={code: ERROR_RESPONSES[code] for code in (409, 413)},
     summary="Deploy again, optionally with changes",
 )
-async def retry_deployment(name: str, facade: Facade, patch: SpecPatch | None = None) -> DeploymentState:
+async def retry_deployment(name: Name, facade: Facade, patch: SpecPatch | None = None) -> DeploymentState:
     """Deploy again now (after FAILED, or to apply a change), e.g. with `{"context_size": 2048}`.
     The patch is checked against the current spec first: a bad one is a 400 and changes nothing."""
     return await facade.retry(name, patch)
@@ -86,7 +92,7 @@ async def retry_deployment(name: str, facade: Facade, patch: SpecPatch | None = 
 
 @router.get("/{name}/logs", response_model=DeploymentLogs, summary="The engine's log")
 async def deployment_logs(
-    name: str,
+    name: Name,
     facade: Facade,
     tail: Annotated[int, Query(ge=1, le=MAX_TAIL, description="how many of the last lines")] = 100,
     offset: Annotated[int | None, Query(ge=0, description="only lines after this byte offset (to follow)")] = None,

@@ -7,7 +7,7 @@ model's format as the pipeline's choice of engine reads it (berth.activities.sel
 """
 
 import asyncio
-from pathlib import Path
+import os
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -93,7 +93,7 @@ def engines_report(model: str | None = None, engine: str = "auto", hardware: Har
         return EnginesReport(hardware=hardware, engines=engines)
 
     preset = preset_for(model)
-    found = Path(model).expanduser().exists()
+    found = os.path.exists(os.path.expanduser(model))  # False, not an error, for a name no file can have
     size = model_bytes_of(model) or (preset.size_bytes if preset and preset.size_bytes else None)
     info = ModelInfo(
         reference=model, format=model_format, size_bytes=size, found=found, preset=preset.name if preset else None

@@ -1,11 +1,11 @@
 """Reading an engine's log: which lines prove what went wrong, and which ErrorCode that is.
 
-A table of log patterns (`COMMON_PATTERNS`, plus whatever an engine adds) is matched line by
-line. Every pattern has a specificity; the most specific match anywhere in the log decides the
-code, and among equally specific matches the last one wins (the engine's final word). The
-ranking, from most to least specific:
+The tables of log patterns (berth.domain.log_patterns: one per engine and the common one, plus
+whatever an Engine class adds) are matched line by line. Every pattern has a specificity; the
+most specific match anywhere in the log decides the code, and among equally specific matches the
+last one wins (the engine's final word). The ranking, from most to least specific:
 
-    OOM (90..80) > CUDA_ERROR (70..60) > MODEL_LOADING_FAILURE (55..40) > RUNTIME_ERROR (15..10)
+    OOM (90..80) > CUDA_ERROR (70..60) > MODEL_LOADING_FAILURE (55..40) > RUNTIME_ERROR (20..10)
 
 so a generic traceback never hides the out-of-memory line above it, "CUDA error: out of memory"
 is OOM, and "llama_model_load: error loading model: unable to allocate CUDA0 buffer" is OOM.
@@ -16,12 +16,14 @@ returns the `Failure` that the workflow records. Pure functions, no I/O.
 
 from __future__ import annotations
 
-import re
 import signal as _signal
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from .errors import ErrorCode, Failure
+from .log_patterns import ALL_PATTERNS, LogPattern
+from .log_patterns.common import LOG_PREFIXES
+from .log_patterns.vllm import CONTEXT_HINTS
 
 __all__ = [
     "COMMON_PATTERNS",
@@ -39,21 +41,6 @@ MAX_FAILURE_LINES = 40
 TAIL_LINES = 20
 # How much of the evidence line goes into a Failure's message.
 MAX_EVIDENCE_CHARS = 300
-
-_I = re.IGNORECASE
-
-
-@dataclass(frozen=True)
-class LogPattern:
-    """One recognisable failure line: the code it proves, how specific that proof is."""
-
-    code: ErrorCode
-    regex: re.Pattern[str]
-    specificity: int
-    description: str
-
-    def matches(self, line: str) -> bool:
-        return self.regex.search(line) is not None
 
 
 @dataclass(frozen=True)
@@ -79,196 +66,8 @@ class LogDiagnosis:
     suggested_context_size: int | None = field(default=None)
 
 
-def _p(code: ErrorCode, pattern: str, specificity: int, description: str, flags: int = _I) -> LogPattern:
-    return LogPattern(code, re.compile(pattern, flags), specificity, description)
-
-
-OOM = ErrorCode.OOM
-CUDA = ErrorCode.CUDA_ERROR
-LOAD = ErrorCode.MODEL_LOADING_FAILURE
-RUNTIME = ErrorCode.RUNTIME_ERROR
-
-COMMON_PATTERNS: tuple[LogPattern, ...] = (
-    # --- OOM: the GPU / host / unified memory was too small -------------------------------
-    _p(OOM, r"\b(?:CUDA|HIP|XPU|MPS) out of memory", 90, "GPU out of memory (PyTorch)"),
-    _p(OOM, r"\bOutOfMemoryError\b", 90, "out-of-memory exception (torch.OutOfMemoryError)"),
-    _p(
-        OOM,
-        r"\b(?:cuda|hip)Malloc\w*(?:\(\))? failed:?\s*out of memory|\bCUDA error:?\s*out of memory"
-        r"|cudaErrorMemoryAllocation|CUBLAS_STATUS_ALLOC_FAILED",
-        90,
-        "CUDA allocation failed: out of memory",
-    ),
-    _p(
-        OOM,
-        r"No available memory for the cache blocks",
-        90,
-        "vLLM: no GPU memory left for the KV cache",
-    ),
-    _p(
-        OOM,
-        r"larger than the maximum number of tokens that can be stored in KV cache"
-        r"|larger than the available KV cache memory",
-        90,
-        "vLLM: the context does not fit in the KV cache",
-    ),
-    _p(
-        OOM,
-        r"\[metal::malloc\] Attempting to allocate .*greater than the maximum allowed buffer size",
-        90,
-        "Metal: allocation larger than the maximum buffer size",
-    ),
-    _p(
-        OOM,
-        r"Insufficient Memory \(\w*:?kIOGPUCommandBufferCallbackErrorOutOfMemory\)"
-        r"|kIOGPUCommandBufferCallbackErrorOutOfMemory",
-        90,
-        "Metal: GPU command buffer ran out of memory",
-    ),
-    _p(
-        OOM,
-        r"(?:failed|unable) to allocate\b.*\bbuffers?\b",
-        85,
-        "ggml could not allocate a buffer (weights, KV cache or compute)",
-    ),
-    _p(
-        OOM,
-        r"failed to (?:create|initialize) (?:the )?context\b.*\b(?:alloc\w*|memory)\b",
-        85,
-        "llama.cpp could not create its context for lack of memory",
-    ),
-    _p(OOM, r"\[metal::malloc\] Resource limit \(\d+\) exceeded", 85, "Metal: resource limit exceeded"),
-    _p(OOM, r"Cannot allocate memory", 85, "the operating system refused memory (ENOMEM)"),
-    _p(
-        OOM,
-        # A bare "out of memory" also proves it, except in vLLM's advice printed on every start
-        # ("If you are running out of memory, consider decreasing `gpu_memory_utilization` ...")
-        # and in llama.cpp's pinned-memory warning (it carries on with ordinary memory).
-        r"^(?!.*\bif you are running out of memory\b)(?!.*pinned memory).*\bout of memory\b",
-        85,
-        "out of memory",
-    ),
-    _p(OOM, r"std::bad_alloc", 80, "a C++ allocation failed (std::bad_alloc)"),
-    # --- CUDA_ERROR: driver, runtime or device faults -------------------------------------
-    _p(
-        CUDA,
-        # llama.cpp prints the same words at ggml_cuda_init and then carries on, on the CPU;
-        # that line is matched (less specifically) below.
-        r"^(?!.*ggml_cuda_init).*(?:no CUDA-capable device is detected"
-        r"|CUDA driver version is insufficient for CUDA runtime version)",
-        70,
-        "no usable CUDA device or driver",
-    ),
-    _p(
-        CUDA,
-        r"Failed to initialize NVML|\bNVML\b.*\b(?:error|mismatch|failed|unknown)\b|\bnvml error\b",
-        70,
-        "NVML (the NVIDIA management library) failed",
-    ),
-    _p(CUDA, r"an illegal memory access was encountered", 70, "CUDA: illegal memory access"),
-    _p(
-        CUDA,
-        r"no kernel image is available for execution on the device",
-        70,
-        "CUDA: the build has no kernels for this GPU",
-    ),
-    _p(
-        CUDA,
-        r"NVIDIA driver on your system is too old|Found no NVIDIA driver on your system"
-        r"|No CUDA GPUs are available|Failed to infer device type",
-        70,
-        "no usable NVIDIA driver or GPU",
-    ),
-    _p(
-        CUDA,
-        r"lib(?:cuda|nvidia-ml|cudart|cublas\w*|cudnn\w*)\.so[.\d]*: cannot open shared object file",
-        70,
-        "a CUDA/NVIDIA library is missing",
-    ),
-    _p(
-        CUDA,
-        r"unspecified launch failure|device-side assert triggered|CUBLAS_STATUS_\w+|\bNCCL error\b"
-        r"|cudaError\w+",
-        70,
-        "CUDA runtime fault",
-    ),
-    _p(CUDA, r"\bCUDA error\b", 65, "CUDA error"),
-    _p(CUDA, r"CUDA_LAUNCH_BLOCKING", 60, "CUDA error (asynchronously reported)"),
-    _p(
-        CUDA,
-        r"ggml_cuda_init: failed to initialize CUDA",
-        45,
-        "llama.cpp could not initialise CUDA (it falls back to the CPU)",
-    ),
-    # --- MODEL_LOADING_FAILURE: missing, corrupt or unsupported model files ----------------
-    _p(
-        LOAD,
-        r"invalid magic|bad magic|failed to read magic|GGUF magic invalid|unknown \(magic, version\)",
-        55,
-        "the file is not a valid GGUF (bad magic)",
-    ),
-    _p(LOAD, r"gguf_init_from_file\w*:", 55, "the GGUF file could not be read"),
-    _p(
-        LOAD,
-        r"unknown model architecture|error loading model architecture",
-        55,
-        "the engine does not support this model architecture",
-    ),
-    _p(
-        LOAD,
-        r"Model architectures? \[.*\] (?:are|is) not supported|Model type \S+ not supported",
-        55,
-        "the engine does not support this model architecture",
-    ),
-    _p(
-        LOAD,
-        r"Error while deserializing header|HeaderTooLarge|InvalidHeaderDeserialization"
-        r"|MetadataIncompleteBuffer|SafetensorError|\[load_safetensors\]",
-        55,
-        "a safetensors file is damaged (unreadable header)",
-    ),
-    _p(
-        LOAD,
-        r"does not appear to have a file named|Can't load tokenizer|Can't load the configuration"
-        r"|Unrecognized model in|Invalid repository ID or local directory"
-        r"|Could not detect config format|No supported config format found|No safetensors found"
-        r"|RepositoryNotFoundError|Repository Not Found",
-        55,
-        "model files are missing (config, tokenizer or weights)",
-    ),
-    _p(
-        LOAD,
-        r"error loading model|failed to load model|unable to load model|model loading error",
-        50,
-        "the engine failed to load the model",
-    ),
-    _p(
-        LOAD,
-        r"No such file or directory|FileNotFoundError|\bfile not found\b|\bfailed to open\b",
-        40,
-        "a file was not found",
-    ),
-    # --- RUNTIME_ERROR: something crashed, nothing more specific said why -----------------
-    _p(RUNTIME, r"\bRuntimeError\b", 15, "runtime error"),
-    _p(
-        RUNTIME,
-        r"\b(?:[A-Z]\w*)?(?:Error|Exception)(?::\s|:$|\s*$)",
-        15,
-        "exception",
-        flags=0,  # case matters: "ValueError:" yes, a log level "ERROR" no
-    ),
-    _p(RUNTIME, r"GGML_ASSERT\(.*\) failed", 20, "an internal check of llama.cpp failed"),
-    _p(
-        RUNTIME,
-        r"terminate called after throwing|libc\+\+abi: terminating|^\s*what\(\):|Fatal Python error"
-        r"|\berror:\s",
-        15,
-        "the engine crashed with an error",
-    ),
-    # Says that it died, not why: less than any line that says why.
-    _p(RUNTIME, r"Segmentation fault|core dumped|\bAborted\b", 12, "the engine crashed"),
-    _p(RUNTIME, r"Traceback \(most recent call last\)", 10, "Python traceback"),
-)
+# Every table's patterns (the name is older than the tables: every engine's log is read against them).
+COMMON_PATTERNS: tuple[LogPattern, ...] = ALL_PATTERNS
 
 
 def _patterns(extra_patterns: Sequence[LogPattern]) -> tuple[LogPattern, ...]:
@@ -300,17 +99,9 @@ def mark_lines(lines: Sequence[str], extra_patterns: Sequence[LogPattern] = ()) 
     return marked
 
 
-_CONTEXT_HINTS = (
-    # vLLM V1: "... Based on the available memory, the estimated maximum model length is 20976."
-    re.compile(r"estimated maximum model length is (\d+)", _I),
-    # vLLM V0: "... the maximum number of tokens that can be stored in KV cache (3664)."
-    re.compile(r"maximum number of tokens that can be stored in KV cache \((\d+)\)", _I),
-)
-
-
 def _suggested_context_size(lines: Sequence[str]) -> int | None:
     for raw in reversed(lines):
-        for hint in _CONTEXT_HINTS:
+        for hint in CONTEXT_HINTS:
             found = hint.search(raw)
             if found and int(found.group(1)) > 0:
                 return int(found.group(1))
@@ -335,18 +126,6 @@ def classify_log(lines: Sequence[str], extra_patterns: Sequence[LogPattern] = ()
 
 # --- exit facts ------------------------------------------------------------------------------
 
-_PREFIXES = (
-    re.compile(r"^\s*\([\w.-]+(?: [\w.-]+=\d+)*\)\s*"),  # vLLM: "(EngineCore_DP0 pid=42) "
-    re.compile(r"^\s*\[rank\d+\]:\s*"),  # torch.distributed: "[rank0]: "
-    re.compile(r"^\s*[\w.-]+\s+\|\s"),  # docker compose: "vllm-1  | "
-    re.compile(r"^\s*\d{4}-\d\d-\d\d[T ][\d:.,]+Z?\s+(?:-\s+)?"),  # ISO timestamps
-    re.compile(  # vLLM: "ERROR 04-30 10:20:36 [core.py:396] " (older: "engine.py:366] ")
-        r"^\s*(?:INFO|WARNING|ERROR|DEBUG|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[\w./-]+:\d+\]\s*"
-    ),
-    re.compile(r"^\s*\d+\.\d\d\.\d{3}\.\d{3} [DIWE] "),  # llama.cpp timestamps: "1.06.520.077 E "
-)
-
-
 def _evidence(text: str, patterns: Sequence[LogPattern] = ()) -> str:
     """The line, without the log prefixes that say nothing to a reader, and not too long.
 
@@ -356,7 +135,7 @@ def _evidence(text: str, patterns: Sequence[LogPattern] = ()) -> str:
     changed = True
     while changed:
         changed = False
-        for prefix in _PREFIXES:
+        for prefix in LOG_PREFIXES:
             stripped = prefix.sub("", cleaned, count=1)
             if stripped != cleaned and stripped.strip():
                 cleaned, changed = stripped, True
