@@ -12,7 +12,7 @@ import pynvml
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities import hardware as probe
+from berth.node import hardware as probe
 from berth.domain.hardware import Hardware
 from berth.engines.selection import select_engine
 

@@ -16,10 +16,10 @@ from gguf import GGUFReader, GGUFWriter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities.hardware import clear_hardware_cache
-from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
-from berth.activities.files import prepare_files
-from berth.activities.planning import MEMORY_LIMIT_ENV, parse_bytes, plan_resources as plan_activity
+from berth.node.hardware import clear_hardware_cache
+from berth.models.facts import ModelFilesUnreadable, read_model_facts
+from berth.node.model_files import prepare_files
+from berth.node.memory_plan import MEMORY_LIMIT_ENV, parse_bytes, plan_resources as plan_activity
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
 from berth.domain.memory import (
@@ -527,7 +527,7 @@ def test_the_header_reader_loads_gguf_constants_without_numpy():
     # a worker that reads headers does not carry numpy (~22 MB); the gguf package imported later
     # (as the tests do, to write GGUFs) shares the very same constant classes
     code = (
-        "import sys; from berth.activities import model_facts; "
+        "import sys; from berth.models import facts as model_facts; "
         "assert 'numpy' not in sys.modules and 'gguf' not in sys.modules, sorted(sys.modules); "
         "import gguf; assert model_facts.T is gguf.GGUFValueType; "
         "assert model_facts.GGML_QUANT_SIZES is gguf.GGML_QUANT_SIZES; print('ok')"

@@ -13,9 +13,9 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities import files
-from berth.activities.files import assemble_preset
-from berth.activities.selection import model_format_of
+from berth.node import model_files as files
+from berth.node.model_files import assemble_preset
+from berth.node.engine_choice import model_format_of
 from berth.api.cli import model_reference, name_from_model
 from berth.domain.pipeline import PrepareFilesInput
 from berth.domain.spec import NAME_PATTERN

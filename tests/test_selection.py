@@ -6,9 +6,9 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities.files import prepare_files
-from berth.activities.hardware import clear_hardware_cache
-from berth.activities.selection import select_engine as select_engine_activity
+from berth.node.model_files import prepare_files
+from berth.node.hardware import clear_hardware_cache
+from berth.node.engine_choice import select_engine as select_engine_activity
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
 from berth.domain.pipeline import PrepareFilesInput, SelectEngineInput

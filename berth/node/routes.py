@@ -1,6 +1,6 @@
 """Routes through the gateway: each deployment's route in the route table, one file of the folder
-$BERTH_HOME/routes/ that Traefik's file provider watches (berth.activities.route_table; the worker
-coalesces the writes of concurrent activities: berth.activities.route_publisher). A written route
+$BERTH_HOME/routes/ that Traefik's file provider watches (berth.node.route_table; the worker
+coalesces the writes of concurrent activities: berth.node.route_publisher). A written route
 is live ~0.1 s later (with hundreds of routes, up to ~1 s); a removed one takes its routers away
 (the gateway then answers 404 for that path).
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 from temporalio import activity
 
-from berth.activities.gateway_certificate import certificate_path, read_certificate
-from berth.activities.route_publisher import route_publisher
-from berth.activities.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
+from berth.node.gateway_certificate import certificate_path, read_certificate
+from berth.node.route_publisher import route_publisher
+from berth.node.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
 from berth.api_token import load_api_token
 from berth.atomic_write import write_atomically
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
@@ -138,7 +138,7 @@ def adopt_route_files(settings: Settings) -> list[str]:
 def write_gateway_config(settings: Settings) -> Path:
     """What every route shares: the forwardAuth middleware that asks the API about a token, and,
     once it has been made, the default TLS certificate that spares Traefik a new RSA key at each
-    route change (berth.activities.gateway_certificate)."""
+    route change (berth.node.gateway_certificate)."""
     config: dict = {
         "http": {
             "middlewares": {

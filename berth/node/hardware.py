@@ -24,7 +24,7 @@ import psutil
 import pynvml
 from temporalio import activity
 
-from berth.activities.container_runtime import docker_configured
+from berth.node.container_runtime import docker_configured
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
 from berth.domain.pipeline import PROBE_HARDWARE
 

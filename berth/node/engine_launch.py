@@ -18,11 +18,11 @@ from pathlib import Path
 
 from temporalio import activity
 
-from berth.activities import container_runtime, process_runtime
-from berth.activities.engine_records import EngineRecord, EngineRecords
-from berth.activities.engine_watch import record_alive
-from berth.activities.failures import failure_error
-from berth.activities.logs import log_path
+from berth.node import container_runtime, process_runtime
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.engine_watch import record_alive
+from berth.node.failures import failure_error
+from berth.node.logs import log_path
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LAUNCH_ENGINE, STOP_ENGINE, EngineHandle, LaunchRequest, StopRequest
 from berth.engines.base import ContainerSpec

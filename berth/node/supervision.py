@@ -9,9 +9,9 @@ import time
 
 from temporalio import activity
 
-from berth.activities.engine_records import EngineRecords
-from berth.activities.engine_watch import EngineView, HeldExitWatch
-from berth.activities.probe_client import probe_client
+from berth.node.engine_records import EngineRecords
+from berth.node.engine_watch import EngineView, HeldExitWatch
+from berth.node.probe_client import probe_client
 from berth.domain.pipeline import SUPERVISE, EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine

@@ -12,10 +12,10 @@ import re
 
 from temporalio import activity
 
-from berth.activities.failures import failure_error
-from berth.activities.hardware import probe_hardware
-from berth.activities.model_facts import ModelFilesUnreadable
-from berth.activities.model_facts_cache import cached_model_facts
+from berth.node.failures import failure_error
+from berth.node.hardware import probe_hardware
+from berth.models.facts import ModelFilesUnreadable
+from berth.node.model_facts_cache import cached_model_facts
 from berth.domain.errors import ErrorCode
 from berth.domain.memory import plan_resources as plan
 from berth.domain.memory import ResourcePlan

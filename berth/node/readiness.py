@@ -17,10 +17,10 @@ from pathlib import Path
 
 from temporalio import activity
 
-from berth.activities.engine_records import EngineRecords
-from berth.activities.engine_watch import EngineView, HeldExitWatch
-from berth.activities.file_changes import FileChanges
-from berth.activities.probe_client import probe_client
+from berth.node.engine_records import EngineRecords
+from berth.node.engine_watch import EngineView, HeldExitWatch
+from berth.node.file_changes import FileChanges
+from berth.node.probe_client import probe_client
 from berth.api_token import load_api_token
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import AWAIT_READY, EngineOutcome, ReadyRequest

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from berth.activities.model_facts import read_model_facts
+from berth.models.facts import read_model_facts
 from berth.domain.model_facts import ModelFacts
 
 MAX_ENTRIES = 64

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from berth.activities import container_runtime, process_runtime
-from berth.activities.engine_records import EngineRecord, EngineRecords
-from berth.activities.logs import read_lines_since
+from berth.node import container_runtime, process_runtime
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.logs import read_lines_since
 from berth.domain.diagnostics import classify_exit, classify_log
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import EngineHandle

@@ -1,6 +1,6 @@
 """prepare_files: make the model's files present on this node and say where they are.
 
-Asked to (choose_engine), it first chooses the engine (berth.activities.selection), before
+Asked to (choose_engine), it first chooses the engine (berth.node.engine_choice), before
 anything is fetched: one round trip through Temporal fewer than a select_engine step.
 
 Local paths are used in place, never copied, after a check that they exist and can be read.
@@ -9,7 +9,7 @@ assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset i
 URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
 in the deployment's state, resumable after a stop; files berth fetched that are gone now are
 MUST_REDOWNLOAD unless this deploy may fetch them again. Asked to (plan_memory), it then plans the
-memory (berth.activities.planning): the step the launch waits for does both.
+memory (berth.node.memory_plan): the step the launch waits for does both.
 """
 
 import asyncio
@@ -18,14 +18,14 @@ from pathlib import Path
 
 from temporalio import activity
 
-from berth.activities.failures import failure_error
+from berth.node.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_reference import LocalReference
 from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel, SelectEngineInput
-from berth.activities.download_progress import ProgressReporter
-from berth.activities.model_source import local_model_format, model_source, wanted_format
-from berth.activities.planning import plan_for
-from berth.activities.selection import choose_engine
+from berth.node.download_progress import ProgressReporter
+from berth.node.model_source import local_model_format, model_source, wanted_format
+from berth.node.memory_plan import plan_for
+from berth.node.engine_choice import choose_engine
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.presets import (
     Preset,

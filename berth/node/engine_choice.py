@@ -12,9 +12,9 @@ from pathlib import Path
 
 from temporalio import activity
 
-from berth.activities.failures import failure_error
-from berth.activities.model_source import local_model_format, model_source, wanted_format
-from berth.activities.hardware import probe_hardware
+from berth.node.failures import failure_error
+from berth.node.model_source import local_model_format, model_source, wanted_format
+from berth.node.hardware import probe_hardware
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import HubReference, LocalReference, UrlReference
