@@ -1,6 +1,7 @@
 """Memory fit before launch: model facts read from real files' headers, the estimate against the
 files' real sizes (and the real engine's memory), budgets, and the plan_resources activity."""
 
+import asyncio
 import json
 import struct
 import subprocess
@@ -18,8 +19,8 @@ from temporalio.testing import ActivityEnvironment
 
 from berth.node.hardware import clear_hardware_cache
 from berth.models.facts import ModelFilesUnreadable, read_model_facts
-from berth.node.model_files import prepare_files
-from berth.node.memory_plan import MEMORY_LIMIT_ENV, parse_bytes, plan_resources as plan_activity
+from berth.activities.files import prepare_files
+from berth.node.memory_plan import MEMORY_LIMIT_ENV, parse_bytes, plan_for
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
 from berth.domain.memory import (
@@ -35,7 +36,7 @@ from berth.domain.memory import (
     plan_resources,
 )
 from berth.domain.model_facts import ModelFacts
-from berth.domain.pipeline import PlanRequest, PrepareFilesInput
+from berth.domain.pipeline import PrepareFilesInput
 from berth.domain.spec import MAX_CONTEXT_SIZE
 from berth.testing import tiny_gguf
 
@@ -443,11 +444,10 @@ def fresh_probe():
 
 
 async def _plan(path: Path, context_size: int | None = None, engine: str = "llamacpp"):
-    request = PlanRequest(model_path=str(path), engine=engine, context_size=context_size)
-    return await ActivityEnvironment().run(plan_activity, request)
+    return await asyncio.to_thread(plan_for, str(path), engine, context_size)
 
 
-async def test_activity_plans_the_tiny_model(tiny, fresh_probe, monkeypatch):
+async def test_plan_plans_the_tiny_model(tiny, fresh_probe, monkeypatch):
     monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
     plan = await _plan(tiny)
     assert plan.fits and plan.context_size == tiny_gguf.CONTEXT_LENGTH
@@ -456,7 +456,7 @@ async def test_activity_plans_the_tiny_model(tiny, fresh_probe, monkeypatch):
     assert plan.reasons and "fits" in plan.message
 
 
-async def test_activity_too_big_context_is_oom_with_a_suggestion(tiny, fresh_probe, monkeypatch):
+async def test_plan_too_big_context_is_oom_with_a_suggestion(tiny, fresh_probe, monkeypatch):
     # The tiny model's KV cache is 512 bytes per token: on a 512 MiB node limit, 1M tokens (512 MiB
     # of KV cache) cannot fit, its whole trained context of 2048 can.
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "512MiB")
@@ -474,7 +474,7 @@ async def test_activity_too_big_context_is_oom_with_a_suggestion(tiny, fresh_pro
     assert plan.fits and plan.context_size == 2048
 
 
-async def test_activity_weights_too_big_is_oom_without_a_suggestion(tiny, fresh_probe, monkeypatch):
+async def test_plan_weights_too_big_is_oom_without_a_suggestion(tiny, fresh_probe, monkeypatch):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "100MiB")
     with pytest.raises(ApplicationError) as raised:
         await _plan(tiny)
@@ -483,13 +483,13 @@ async def test_activity_weights_too_big_is_oom_without_a_suggestion(tiny, fresh_
     assert "smaller variant" in failure.message
 
 
-async def test_activity_unreadable_model_leaves_the_verdict_to_the_engine(tmp_path, fresh_probe):
+async def test_plan_unreadable_model_leaves_the_verdict_to_the_engine(tmp_path, fresh_probe):
     # no plan, no failure: the engine then names what is wrong with the file in its own log
     garbage = tiny_gguf.write_garbage_gguf(tmp_path / "garbage.gguf")
     assert await _plan(garbage) is None
 
 
-async def test_activity_bad_memory_limit_says_so(tiny, fresh_probe, monkeypatch):
+async def test_plan_bad_memory_limit_says_so(tiny, fresh_probe, monkeypatch):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "plenty")
     with pytest.raises(ApplicationError) as raised:
         await _plan(tiny)
@@ -510,7 +510,7 @@ async def test_prepare_files_plans_when_asked(tiny, fresh_probe, monkeypatch):
     monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
     prepared = await _prepare(tiny, plan_memory=True)
     assert prepared.path == str(tiny.resolve())
-    assert prepared.plan == await _plan(tiny)  # the same plan the plan_resources step makes
+    assert prepared.plan == await _plan(tiny)  # the plan of the node's memory planner itself
     assert (await _prepare(tiny, plan_memory=False)).plan is None
 
 

@@ -13,7 +13,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.node import model_files as files
+from berth.node import model_files
+from berth.activities.files import prepare_files
 from berth.node.model_files import assemble_preset
 from berth.node.engine_choice import model_format_of
 from berth.api.cli import model_reference, name_from_model
@@ -166,7 +167,7 @@ def test_a_missing_package_says_how_to_install_it(tmp_path):
 async def test_prepare_files_heartbeats_while_it_assembles(standin, tmp_path, monkeypatch):
     preset, package = standin
     package.delay_s = 0.3
-    monkeypatch.setattr(files, "HEARTBEAT_EVERY_S", 0.02)
+    monkeypatch.setattr(model_files, "HEARTBEAT_EVERY_S", 0.02)
     beats = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
@@ -180,7 +181,7 @@ async def test_prepare_files_failures_are_model_loading_failures(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("BERTH_HOME", str(tmp_path))
     with pytest.raises(ApplicationError) as hub:
-        await files.prepare_files(
+        await prepare_files(
             PrepareFilesInput(deployment="qwen", model=QWEN25_05B_INSTRUCT.name, engine="llamacpp")
         )
     assert hub.value.type == "MODEL_LOADING_FAILURE" and hub.value.non_retryable

@@ -17,8 +17,8 @@ from berth.node import container_runtime, supervision
 from berth.node.engine_records import EngineRecords
 from berth.node.engine_watch import EngineView
 from berth.node.engine_launch import launch, stop_all_for_node_shutdown, stop_instance
-from berth.node.readiness import await_ready
-from berth.node.supervision import supervise
+from berth.activities.readiness import await_ready
+from berth.activities.supervision import supervise
 from berth.domain.diagnostics import classify_log
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LaunchRequest, ReadyRequest

@@ -1,6 +1,6 @@
-"""launch_engine and stop_engine: start an engine for an instance, at most once; stop it for good.
+"""Start an engine for an instance, at most once; stop it for good (launch_engine and stop_engine).
 
-launch_engine is idempotent: a retried launch finds the engine it started through the node's
+A launch is idempotent: a retried launch finds the engine it started through the node's
 engine record (or, if the worker died between spawning and recording, through the instance marker
 in the process environment, and then replaces that unrecorded process; or through the container's
 `berth.instance` label, and then adopts that container while it runs the same request).
@@ -10,13 +10,10 @@ container (container_runtime); the record remembers which, and everything after 
 (watching, logs, stopping) follows the record.
 """
 
-import asyncio
 import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-
-from temporalio import activity
 
 from berth.node import container_runtime, process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
@@ -24,7 +21,7 @@ from berth.node.engine_watch import record_alive
 from berth.node.failures import failure_error
 from berth.node.logs import log_path
 from berth.domain.errors import ErrorCode
-from berth.domain.pipeline import LAUNCH_ENGINE, STOP_ENGINE, EngineHandle, LaunchRequest, StopRequest
+from berth.domain.pipeline import EngineHandle, LaunchRequest
 from berth.engines.base import ContainerSpec
 from berth.engines.registry import get_engine
 from berth.settings import Settings
@@ -167,18 +164,6 @@ def stop_instance(
             except container_runtime.DockerUnavailable:
                 pass
     records.remove(instance_id)
-
-
-@activity.defn(name=LAUNCH_ENGINE)
-async def launch_engine(request: LaunchRequest) -> EngineHandle:
-    info = activity.info()
-    return await asyncio.to_thread(launch, Settings.from_env(), request, info.attempt == 1, info.workflow_run_id or "")
-
-
-@activity.defn(name=STOP_ENGINE)
-async def stop_engine(request: StopRequest) -> None:
-    records = EngineRecords(Settings.from_env().run_dir)
-    await asyncio.to_thread(stop_instance, records, request.instance_id)
 
 
 def stop_all_for_node_shutdown(settings: Settings) -> int:

@@ -1,15 +1,12 @@
-"""prepare_files: make the model's files present on this node and say where they are.
-
-Asked to (choose_engine), it first chooses the engine (berth.node.engine_choice), before
-anything is fetched: one round trip through Temporal fewer than a select_engine step.
+"""The model's files present on this node, and where they are: what prepare_files does once the
+engine is chosen (berth.node.engine_choice) and before the memory is planned (berth.node.memory_plan).
 
 Local paths are used in place, never copied, after a check that they exist and can be read.
 A preset name (berth.presets) that is not a path here is resolved first: a packaged preset is
 assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
 URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
 in the deployment's state, resumable after a stop; files berth fetched that are gone now are
-MUST_REDOWNLOAD unless this deploy may fetch them again. Asked to (plan_memory), it then plans the
-memory (berth.node.memory_plan): the step the launch waits for does both.
+MUST_REDOWNLOAD unless this deploy may fetch them again.
 """
 
 import asyncio
@@ -21,11 +18,9 @@ from temporalio import activity
 from berth.node.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_reference import LocalReference
-from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel, SelectEngineInput
+from berth.domain.pipeline import PrepareFilesInput, PreparedModel
 from berth.node.download_progress import ProgressReporter
 from berth.node.model_source import local_model_format, model_source, wanted_format
-from berth.node.memory_plan import plan_for
-from berth.node.engine_choice import choose_engine
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.presets import (
     Preset,
@@ -71,24 +66,6 @@ async def assemble_preset(preset: Preset, models_dir: Path) -> str:
         return str(assembling.result())
     except PresetUnavailable as unavailable:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(unavailable)) from None
-
-
-@activity.defn(name=PREPARE_FILES)
-async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
-    choice = None
-    if request.choose_engine:  # before any download: a model no engine here serves fails now
-        choice = await choose_engine(SelectEngineInput(model=request.model, override=request.override))
-        request = request.model_copy(update={"engine": choice.engine})
-    prepared = await files_in_place(request)
-    if choice:
-        prepared = prepared.model_copy(update={"choice": choice})
-    if request.plan_memory and request.engine:
-        # a model that cannot fit fails here (OOM), before anything is launched
-        plan = await asyncio.to_thread(
-            plan_for, PlanRequest(model_path=prepared.path, engine=request.engine, context_size=request.context_size)
-        )
-        prepared = prepared.model_copy(update={"plan": plan})
-    return prepared
 
 
 async def files_in_place(request: PrepareFilesInput) -> PreparedModel:

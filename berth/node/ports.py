@@ -4,16 +4,13 @@ The registry survives restarts and is safe for concurrent workers (one IMMEDIATE
 allocation). A port is only handed out when nothing else holds it: checked by binding it.
 """
 
-import asyncio
 import socket
 import sqlite3
 import time
 from pathlib import Path
 
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from berth.domain.pipeline import ALLOCATE_PORT, RELEASE_PORT, PortRequest
 from berth.settings import Settings
 
 
@@ -83,13 +80,3 @@ def port_is_free(port: int) -> bool:
 
 def registry(settings: Settings) -> PortRegistry:
     return PortRegistry(settings.home / "ports.sqlite", settings.port_range)
-
-
-@activity.defn(name=ALLOCATE_PORT)
-async def allocate_port(request: PortRequest) -> int:
-    return await asyncio.to_thread(registry(Settings.from_env()).allocate, request.instance_id)
-
-
-@activity.defn(name=RELEASE_PORT)
-async def release_port(request: PortRequest) -> None:
-    await asyncio.to_thread(registry(Settings.from_env()).release, request.instance_id)

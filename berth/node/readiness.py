@@ -1,4 +1,5 @@
-"""await_ready: from launched to serving, or a named failure. INITIALIZING in the workflow.
+"""From launched to serving, or a named failure: what await_ready waits for (INITIALIZING in the
+workflow).
 
 Probes the engine's own readiness when the engine writes to its log (an engine logs the moment it
 serves, and little while it loads; inotify says when, at most one probe per 10 ms), else every 200
@@ -13,9 +14,8 @@ the gateway's route too.
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-from temporalio import activity
 
 from berth.node.engine_records import EngineRecords
 from berth.node.engine_watch import EngineView, HeldExitWatch
@@ -23,7 +23,7 @@ from berth.node.file_changes import FileChanges
 from berth.node.probe_client import probe_client
 from berth.api_token import load_api_token
 from berth.domain.errors import ErrorCode, Failure
-from berth.domain.pipeline import AWAIT_READY, EngineOutcome, ReadyRequest
+from berth.domain.pipeline import EngineOutcome, ReadyRequest
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
 from berth.settings import Settings
@@ -38,8 +38,9 @@ HEARTBEAT_S = 1.0
 UNHEALTHY_PROBES = 3  # consecutive "broken" answers from the engine itself before it has failed
 
 
-@activity.defn(name=AWAIT_READY)
-async def await_ready(request: ReadyRequest) -> EngineOutcome:
+async def wait_until_ready(request: ReadyRequest, heartbeat: Callable[[str], None]) -> EngineOutcome:
+    """Probe until the engine serves, directly and through its route; `heartbeat` is called with
+    the last probe's answer every HEARTBEAT_S while it waits."""
     handle = request.handle
     engine = get_engine(handle.engine)
     settings = Settings.from_env()
@@ -81,7 +82,7 @@ async def await_ready(request: ReadyRequest) -> EngineOutcome:
                 where = "its health check" if len(probe_urls) == 2 else "the gateway's route to it"
                 return EngineOutcome(failure=_timeout(view, request.startup_timeout_s, where, last_seen))
             if now - last_heartbeat >= HEARTBEAT_S:
-                activity.heartbeat(last_seen.value)
+                heartbeat(last_seen.value)
                 last_heartbeat = now
             if direct:
                 await until_next_probe(view, watch, log, deadline - now, changes)

@@ -16,14 +16,12 @@ import re
 from pathlib import Path
 
 import yaml
-from temporalio import activity
 
 from berth.node.gateway_certificate import certificate_path, read_certificate
-from berth.node.route_publisher import route_publisher
 from berth.node.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
 from berth.api_token import load_api_token
 from berth.atomic_write import write_atomically
-from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
+from berth.domain.pipeline import RouteRequest
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,19 +87,6 @@ def delete_route(routes_dir: Path, deployment: str) -> None:
 def routed(routes_dir: Path) -> set[str]:
     """The deployments that have a route in the gateway."""
     return RouteTable(routes_dir).deployments()
-
-
-@activity.defn(name=CONFIGURE_ROUTE)
-async def configure_route(request: RouteRequest) -> str:
-    """Route /models/<name>/ to the engine's port; returns the public endpoint."""
-    settings = Settings.from_env()
-    await route_publisher(settings.routes_dir).put(request.deployment, route_config(request, load_api_token(settings)))
-    return f"{settings.gateway_url}/models/{request.deployment}/v1"
-
-
-@activity.defn(name=REMOVE_ROUTE)
-async def remove_route(deployment: str) -> None:
-    await route_publisher(Settings.from_env().routes_dir).remove(deployment)
 
 
 def adopt_route_files(settings: Settings) -> list[str]:

@@ -1,18 +1,17 @@
-"""supervise: the long activity behind DEPLOYED. It returns as soon as the engine exits (a process:
-pidfd, no polling delay; a container: within a second) or stays unhealthy, with the evidence; it
-heartbeats so that a dead worker is noticed and the activity resumes on the next worker of this
-node, re-adopting the same engine.
+"""Watching a serving engine: what supervise, the long activity behind DEPLOYED, does. It returns as
+soon as the engine exits (a process: pidfd, no polling delay; a container: within a second) or stays
+unhealthy, with the evidence; it heartbeats so that a dead worker is noticed and the activity
+resumes on the next worker of this node, re-adopting the same engine.
 """
 
 import random
 import time
-
-from temporalio import activity
+from collections.abc import Callable
 
 from berth.node.engine_records import EngineRecords
 from berth.node.engine_watch import EngineView, HeldExitWatch
 from berth.node.probe_client import probe_client
-from berth.domain.pipeline import SUPERVISE, EngineHandle, EngineOutcome
+from berth.domain.pipeline import EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
 from berth.settings import Settings
@@ -26,8 +25,9 @@ HEALTH_INTERVAL_JITTER = 0.1
 UNHEALTHY_PROBES = 3  # consecutive failed probes before the engine is declared unhealthy
 
 
-@activity.defn(name=SUPERVISE)
-async def supervise(handle: EngineHandle) -> EngineOutcome:
+async def watch_engine(handle: EngineHandle, heartbeat: Callable[[float], None]) -> EngineOutcome:
+    """Until the engine exits, is stopped by a node shutdown, or fails UNHEALTHY_PROBES health
+    checks in a row; `heartbeat` is called with the seconds served after each look."""
     engine = get_engine(handle.engine)
     base_url = f"http://127.0.0.1:{handle.port}"
     since = time.time()
@@ -51,7 +51,7 @@ async def supervise(handle: EngineHandle) -> EngineOutcome:
                     seen = ", ".join(probe.value.lower() for probe in failed_probes)
                     message = f"the engine is running but stopped answering its health check ({seen})"
                     return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
-            activity.heartbeat(served_s)
+            heartbeat(served_s)
             await view.wait_for_exit(next_look_in_s(), watch)
     finally:
         if watch:
