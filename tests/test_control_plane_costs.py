@@ -11,7 +11,7 @@ import pytest
 from berth.node import model_facts_cache
 from berth.node.model_facts_cache import cached_model_facts, clear_model_facts_cache
 from berth.node.probe_client import probe_client
-from berth.http_check import answers_ok
+from berth.common.http_check import answers_ok
 from berth.settings import Settings
 from berth.testing.harness import free_port
 from berth.testing.tiny_gguf import write_tiny_gguf

@@ -21,7 +21,7 @@ from berth.api.cli import model_reference, name_from_model
 from berth.domain.pipeline import PrepareFilesInput
 from berth.domain.spec import NAME_PATTERN
 from berth.testing.harness import wait_for_api_status
-from berth.presets import (
+from berth.models.presets import (
     GEMMA3_270M,
     PRESETS,
     QWEN25_05B_INSTRUCT,
@@ -194,7 +194,7 @@ async def test_prepare_files_failures_are_model_loading_failures(tmp_path, monke
             raise ModuleNotFoundError(f"No module named {name!r}")
         return real_import(name, *args)
 
-    monkeypatch.setattr("berth.presets.importlib.import_module", without_gemma)
+    monkeypatch.setattr("berth.models.presets.importlib.import_module", without_gemma)
     with pytest.raises(ApplicationError) as missing:
         await assemble_preset(GEMMA3_270M, tmp_path)
     assert missing.value.type == "MODEL_LOADING_FAILURE"

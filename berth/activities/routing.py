@@ -4,7 +4,7 @@ table (berth.node.routes); the worker's publisher coalesces the writes of concur
 
 from temporalio import activity
 
-from berth.api_token import load_api_token
+from berth.common.api_token import load_api_token
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
 from berth.node.route_publisher import route_publisher
 from berth.node.routes import route_config

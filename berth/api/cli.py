@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 
-from berth.api_token import TOKEN_ENV, load_api_token, token_path
+from berth.common.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.client import ApiRequestError, ApiUnreachable, BerthApi
 from berth.api.server import api_url
 from berth.api.cli_output import (
@@ -31,7 +31,7 @@ from berth.api.cli_output import (
 )
 from berth.domain.status import DeploymentStatus
 from berth.domain.model_reference import BadModelReference, HubReference, UrlReference, parse_model_reference
-from berth.presets import PRESETS, looks_like_a_name, preset_for
+from berth.models.presets import PRESETS, looks_like_a_name, preset_for
 from berth.settings import Settings
 
 DESCRIPTION = """berth: serve models on your own hardware, durably.

@@ -19,7 +19,7 @@ from berth.domain.hardware import Hardware
 from berth.domain.spec import EngineName
 from berth.engines.registry import ENGINES
 from berth.engines.selection import SelectionRefused, assess_engines, select_engine
-from berth.presets import missing_model_message, preset_for
+from berth.models.presets import missing_model_message, preset_for
 
 REMOTE_PREFIXES = ("http://", "https://", "hf:")
 

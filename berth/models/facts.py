@@ -22,8 +22,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from berth.models.gguf_constants import constants as gguf
 from berth.domain.model_facts import DEFAULT_KV_BYTES_PER_ELEMENT, ModelFacts
+from berth.models.gguf_constants import constants as gguf
 
 __all__ = ["ModelFilesUnreadable", "read_gguf_facts", "read_model_facts", "read_safetensors_facts"]
 

@@ -10,9 +10,6 @@ download): a model no engine here can serve fails before gigabytes are fetched f
 import asyncio
 from pathlib import Path
 
-from berth.node.failures import failure_error
-from berth.node.model_source import local_model_format, model_source, wanted_format
-from berth.node.hardware import probe_hardware
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import HubReference, LocalReference, UrlReference
@@ -21,7 +18,10 @@ from berth.engines.selection import SelectionRefused, select_engine as choose
 from berth.models.fetch import cached_format
 from berth.models.hub import HubError, list_hub_repo
 from berth.models.hub_selection import select_hub_files
-from berth.presets import Preset, missing_model_message, preset_for
+from berth.models.presets import Preset, missing_model_message, preset_for
+from berth.node.failures import failure_error
+from berth.node.hardware import probe_hardware
+from berth.node.model_source import local_model_format, model_source, wanted_format
 from berth.settings import Settings
 
 

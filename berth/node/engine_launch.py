@@ -15,15 +15,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from berth.domain.errors import ErrorCode
+from berth.domain.pipeline import EngineHandle, LaunchRequest
+from berth.engines.base import ContainerSpec
+from berth.engines.registry import get_engine
 from berth.node import container_runtime, process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
 from berth.node.engine_watch import record_alive
 from berth.node.failures import failure_error
 from berth.node.logs import log_path
-from berth.domain.errors import ErrorCode
-from berth.domain.pipeline import EngineHandle, LaunchRequest
-from berth.engines.base import ContainerSpec
-from berth.engines.registry import get_engine
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 from berth.settings import Settings
 
 CERTIFICATE_FILE = "gateway-default-certificate.pem"  # certificate then key, mode 0600

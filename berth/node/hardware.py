@@ -22,8 +22,8 @@ import time
 import psutil
 import pynvml
 
-from berth.node.container_runtime import docker_configured
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
+from berth.node.container_runtime import docker_configured
 
 CACHE_SECONDS = 5.0
 DOCKER_PING_TIMEOUT_S = 1

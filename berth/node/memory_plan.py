@@ -9,13 +9,13 @@ import logging
 import os
 import re
 
+from berth.domain.errors import ErrorCode
+from berth.domain.memory import ResourcePlan
+from berth.domain.memory import plan_resources as plan
+from berth.models.facts import ModelFilesUnreadable
 from berth.node.failures import failure_error
 from berth.node.hardware import probe_hardware
-from berth.models.facts import ModelFilesUnreadable
 from berth.node.model_facts_cache import cached_model_facts
-from berth.domain.errors import ErrorCode
-from berth.domain.memory import plan_resources as plan
-from berth.domain.memory import ResourcePlan
 
 
 log = logging.getLogger(__name__)

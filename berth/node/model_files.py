@@ -2,7 +2,7 @@
 engine is chosen (berth.node.engine_choice) and before the memory is planned (berth.node.memory_plan).
 
 Local paths are used in place, never copied, after a check that they exist and can be read.
-A preset name (berth.presets) that is not a path here is resolved first: a packaged preset is
+A preset name (berth.models.presets) that is not a path here is resolved first: a packaged preset is
 assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
 URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
 in the deployment's state, resumable after a stop; files berth fetched that are gone now are
@@ -15,14 +15,14 @@ from pathlib import Path
 
 from temporalio import activity
 
-from berth.node.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_reference import LocalReference
 from berth.domain.pipeline import PrepareFilesInput, PreparedModel
-from berth.node.download_progress import ProgressReporter
-from berth.node.model_source import local_model_format, model_source, wanted_format
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
-from berth.presets import (
+from berth.node.download_progress import ProgressReporter
+from berth.node.failures import failure_error
+from berth.node.model_source import local_model_format, model_source, wanted_format
+from berth.models.presets import (
     Preset,
     PresetUnavailable,
     assemble_packaged,

@@ -6,12 +6,12 @@ load the GGUF reader or the downloaders.
 
 from pathlib import Path
 
-from berth.node.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import BadModelReference, ModelReference, parse_model_reference
 from berth.engines.registry import ENGINES
-from berth.presets import Preset, preset_for
+from berth.models.presets import Preset, preset_for
+from berth.node.failures import failure_error
 
 
 def local_model_format(path: Path) -> str | None:

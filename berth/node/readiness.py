@@ -17,15 +17,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from berth.node.engine_records import EngineRecords
-from berth.node.engine_watch import EngineView, HeldExitWatch
-from berth.node.file_changes import FileChanges
-from berth.node.probe_client import probe_client
-from berth.api_token import load_api_token
+from berth.common.api_token import load_api_token
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import EngineOutcome, ReadyRequest
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
+from berth.node.engine_records import EngineRecords
+from berth.node.engine_watch import EngineView, HeldExitWatch
+from berth.node.file_changes import FileChanges
+from berth.node.probe_client import probe_client
 from berth.settings import Settings
 
 POLL_S = 0.05  # between probes where the log cannot tell when to look (a container; no pidfd, as on macOS)

@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from berth.common.api_token import load_api_token
+from berth.common.atomic_write import write_atomically
+from berth.domain.pipeline import RouteRequest
 from berth.node.gateway_certificate import certificate_path, read_certificate
 from berth.node.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
-from berth.api_token import load_api_token
-from berth.atomic_write import write_atomically
-from berth.domain.pipeline import RouteRequest
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,12 @@ import random
 import time
 from collections.abc import Callable
 
-from berth.node.engine_records import EngineRecords
-from berth.node.engine_watch import EngineView, HeldExitWatch
-from berth.node.probe_client import probe_client
 from berth.domain.pipeline import EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
+from berth.node.engine_records import EngineRecords
+from berth.node.engine_watch import EngineView, HeldExitWatch
+from berth.node.probe_client import probe_client
 from berth.settings import Settings
 
 HEALTH_INTERVAL_S = 5.0

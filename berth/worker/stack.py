@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from berth.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
 from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
