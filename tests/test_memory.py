@@ -1,5 +1,5 @@
 """Memory fit before launch: model facts read from real files' headers, the estimate against the
-files' real sizes (and the real engine's memory), budgets, and the plan_resources activity."""
+files' real sizes (and the real engine's memory), budgets, and the node's memory plan (berth.node.memory_plan)."""
 
 import asyncio
 import json
@@ -433,7 +433,7 @@ def test_parse_bytes():
         parse_bytes("lots")
 
 
-# ---- the plan_resources activity -----------------------------------------------------------------
+# ---- the node's memory plan (prepare_files asks it) --------------------------------------------
 
 
 @pytest.fixture

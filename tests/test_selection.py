@@ -240,7 +240,7 @@ async def test_prepare_files_chooses_the_engine_then_plans_the_memory_for_it(tin
     monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
     prepared = await _prepare(str(tiny_gguf), plan_memory=True)
     assert prepared.choice is not None and prepared.choice.engine == "llamacpp"
-    assert prepared.choice == await _run(str(tiny_gguf)), "the same choice as the select_engine step"
+    assert prepared.choice == await _run(str(tiny_gguf)), "the same choice as the node makes on its own"
     assert prepared.path == str(tiny_gguf.resolve()) and prepared.format == "gguf"
     assert prepared.plan is not None and prepared.plan.context_size, "planned for the chosen engine"
 

@@ -46,7 +46,7 @@ def handle_of(record: EngineRecord) -> EngineHandle:
 
 def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = False, run_id: str = "") -> EngineHandle:
     """Start the engine unless this instance's engine already runs; leftovers of an earlier launch
-    of it go first. `first_attempt`: this activity has not run before for this launch, so with no
+    of it go first. `first_attempt`: launch_engine has not run before for this launch, so with no
     record there can be no leftover (a launch that died between spawning and recording is retried as
     a later attempt; stop_engine, before any relaunch, looks for unrecorded processes itself): no
     look through every process's environment (~10 µs a process here: 0.7 ms for 66; a node with 1000
