@@ -14,8 +14,8 @@ import json
 import sys
 import time
 
-from berth.activities.hardware import probe_hardware
-from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
+from berth.node.hardware import probe_hardware
+from berth.models.facts import ModelFilesUnreadable, read_model_facts
 from berth.domain.memory import memory_budget, plan_resources
 from berth.engines.selection import SelectionRefused, select_engine
 

@@ -11,11 +11,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from berth.api.app import create_app
 from berth.api.facade import Deployments
-from berth.api_token import ensure_api_token, load_api_token
+from berth.common.api_token import ensure_api_token, load_api_token
 from berth.domain.temporal_names import workflow_id
 from berth.settings import Settings
 from berth.testing.harness import engine_processes, wait_for_api_status
-from berth.activities.routing import routed
+from berth.node.routes import routed
 
 FINAL = {"DEPLOYED", "STOPPED", "FAILED", "MUST_REDOWNLOAD"}
 

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from berth.activities import model_facts_cache
-from berth.activities.model_facts_cache import cached_model_facts, clear_model_facts_cache
-from berth.activities.probe_client import probe_client
-from berth.http_check import answers_ok
+from berth.node import model_facts_cache
+from berth.node.model_facts_cache import cached_model_facts, clear_model_facts_cache
+from berth.node.probe_client import probe_client
+from berth.common.http_check import answers_ok
 from berth.settings import Settings
 from berth.testing.harness import free_port
 from berth.testing.tiny_gguf import write_tiny_gguf
@@ -52,7 +52,7 @@ def test_model_facts_are_read_again_when_the_files_change(tmp_path, counted_read
 
 
 def test_unreadable_model_facts_are_not_remembered(tmp_path, counted_reads):
-    from berth.activities.model_facts import ModelFilesUnreadable
+    from berth.models.facts import ModelFilesUnreadable
 
     for _ in range(2):
         with pytest.raises(ModelFilesUnreadable):

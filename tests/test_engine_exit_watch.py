@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from berth.activities.engine_records import EngineRecord
-from berth.activities.engine_watch import HeldExitWatch, wait_for_exit
+from berth.node.engine_records import EngineRecord
+from berth.node.engine_watch import HeldExitWatch, wait_for_exit
 
 
 def _record(pid: int, create_time: float, runtime: str = "process") -> EngineRecord:

@@ -2,7 +2,7 @@
 
 import httpx
 
-from berth.activities.routing import delete_route, write_route
+from berth.node.routes import delete_route, write_route
 from berth.domain.pipeline import RouteRequest
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S

@@ -10,13 +10,13 @@ import time
 
 import yaml
 
-from berth.activities.gateway_certificate import (
+from berth.node.gateway_certificate import (
     LOWEST_PRIORITY,
     certificate_path,
     ensure_certificate,
     read_certificate,
 )
-from berth.activities.routing import GATEWAY_FILE, write_gateway_config
+from berth.node.routes import GATEWAY_FILE, write_gateway_config
 from berth.settings import Settings
 from berth.testing.harness import free_port
 from berth.worker.gateway import traefik_binary
@@ -100,7 +100,7 @@ def test_the_certificate_maker_runs_at_the_lowest_cpu_priority(tmp_path):
     report = tmp_path / "nice.txt"
     env = {**os.environ, "PYTHONPATH": f"{probe}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "NICE_REPORT": str(report)}
-    done = subprocess.run([sys.executable, "-m", "berth.activities.gateway_certificate", str(tmp_path / "c.pem")],
+    done = subprocess.run([sys.executable, "-m", "berth.node.gateway_certificate", str(tmp_path / "c.pem")],
                           env=env, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert read_certificate(tmp_path / "c.pem") is not None

@@ -6,7 +6,7 @@ import sys
 FREEZE_IN_A_FRESH_WORKER_PROCESS = """
 import gc
 import berth.worker.main
-from berth.gc_pauses import freeze_start_up_objects
+from berth.common.gc_pauses import freeze_start_up_objects
 before = len(gc.get_objects())
 freeze_start_up_objects()
 print(before, gc.get_freeze_count(), len(gc.get_objects()))
@@ -33,7 +33,7 @@ async def test_survivors_are_frozen_and_a_reclaim_frees_the_cycles_among_them():
     import gc
     import weakref
 
-    from berth.gc_pauses import freeze_now, freeze_survivors
+    from berth.common.gc_pauses import freeze_now, freeze_survivors
 
     try:
         kept, dropped = _Cycle(), _Cycle()

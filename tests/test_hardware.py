@@ -1,6 +1,7 @@
 """The hardware probe: NVML faked only at the pynvml call boundary, Apple silicon only at the platform
 probe (platform.system/machine and the `sysctl` process), and the real probe of this machine."""
 
+import asyncio
 import os
 import platform
 import shutil
@@ -10,9 +11,8 @@ from types import SimpleNamespace
 
 import pynvml
 import pytest
-from temporalio.testing import ActivityEnvironment
 
-from berth.activities import hardware as probe
+from berth.node import hardware as probe
 from berth.domain.hardware import Hardware
 from berth.engines.selection import select_engine
 
@@ -224,6 +224,6 @@ def test_an_unreachable_docker_host_is_bounded_by_the_timeout(monkeypatch):
     assert time.perf_counter() - started < probe.DOCKER_PING_TIMEOUT_S + 2
 
 
-async def test_the_probe_activity():
-    hardware = await ActivityEnvironment().run(probe.probe_hardware_activity)
+async def test_the_probe_in_a_thread():
+    hardware = await asyncio.to_thread(probe.probe_hardware)
     assert isinstance(hardware, Hardware) and hardware.cpu_cores >= 1

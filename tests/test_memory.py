@@ -1,6 +1,7 @@
 """Memory fit before launch: model facts read from real files' headers, the estimate against the
-files' real sizes (and the real engine's memory), budgets, and the plan_resources activity."""
+files' real sizes (and the real engine's memory), budgets, and the node's memory plan (berth.node.memory_plan)."""
 
+import asyncio
 import json
 import struct
 import subprocess
@@ -16,10 +17,10 @@ from gguf import GGUFReader, GGUFWriter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities.hardware import clear_hardware_cache
-from berth.activities.model_facts import ModelFilesUnreadable, read_model_facts
+from berth.node.hardware import clear_hardware_cache
+from berth.models.facts import ModelFilesUnreadable, read_model_facts
 from berth.activities.files import prepare_files
-from berth.activities.planning import MEMORY_LIMIT_ENV, parse_bytes, plan_resources as plan_activity
+from berth.node.memory_plan import MEMORY_LIMIT_ENV, parse_bytes, plan_for
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
 from berth.domain.memory import (
@@ -35,7 +36,7 @@ from berth.domain.memory import (
     plan_resources,
 )
 from berth.domain.model_facts import ModelFacts
-from berth.domain.pipeline import PlanRequest, PrepareFilesInput
+from berth.domain.pipeline import PrepareFilesInput
 from berth.domain.spec import MAX_CONTEXT_SIZE
 from berth.testing import tiny_gguf
 
@@ -432,7 +433,7 @@ def test_parse_bytes():
         parse_bytes("lots")
 
 
-# ---- the plan_resources activity -----------------------------------------------------------------
+# ---- the node's memory plan (prepare_files asks it) --------------------------------------------
 
 
 @pytest.fixture
@@ -443,11 +444,10 @@ def fresh_probe():
 
 
 async def _plan(path: Path, context_size: int | None = None, engine: str = "llamacpp"):
-    request = PlanRequest(model_path=str(path), engine=engine, context_size=context_size)
-    return await ActivityEnvironment().run(plan_activity, request)
+    return await asyncio.to_thread(plan_for, str(path), engine, context_size)
 
 
-async def test_activity_plans_the_tiny_model(tiny, fresh_probe, monkeypatch):
+async def test_plan_plans_the_tiny_model(tiny, fresh_probe, monkeypatch):
     monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
     plan = await _plan(tiny)
     assert plan.fits and plan.context_size == tiny_gguf.CONTEXT_LENGTH
@@ -456,7 +456,7 @@ async def test_activity_plans_the_tiny_model(tiny, fresh_probe, monkeypatch):
     assert plan.reasons and "fits" in plan.message
 
 
-async def test_activity_too_big_context_is_oom_with_a_suggestion(tiny, fresh_probe, monkeypatch):
+async def test_plan_too_big_context_is_oom_with_a_suggestion(tiny, fresh_probe, monkeypatch):
     # The tiny model's KV cache is 512 bytes per token: on a 512 MiB node limit, 1M tokens (512 MiB
     # of KV cache) cannot fit, its whole trained context of 2048 can.
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "512MiB")
@@ -474,7 +474,7 @@ async def test_activity_too_big_context_is_oom_with_a_suggestion(tiny, fresh_pro
     assert plan.fits and plan.context_size == 2048
 
 
-async def test_activity_weights_too_big_is_oom_without_a_suggestion(tiny, fresh_probe, monkeypatch):
+async def test_plan_weights_too_big_is_oom_without_a_suggestion(tiny, fresh_probe, monkeypatch):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "100MiB")
     with pytest.raises(ApplicationError) as raised:
         await _plan(tiny)
@@ -483,13 +483,13 @@ async def test_activity_weights_too_big_is_oom_without_a_suggestion(tiny, fresh_
     assert "smaller variant" in failure.message
 
 
-async def test_activity_unreadable_model_leaves_the_verdict_to_the_engine(tmp_path, fresh_probe):
+async def test_plan_unreadable_model_leaves_the_verdict_to_the_engine(tmp_path, fresh_probe):
     # no plan, no failure: the engine then names what is wrong with the file in its own log
     garbage = tiny_gguf.write_garbage_gguf(tmp_path / "garbage.gguf")
     assert await _plan(garbage) is None
 
 
-async def test_activity_bad_memory_limit_says_so(tiny, fresh_probe, monkeypatch):
+async def test_plan_bad_memory_limit_says_so(tiny, fresh_probe, monkeypatch):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "plenty")
     with pytest.raises(ApplicationError) as raised:
         await _plan(tiny)
@@ -510,7 +510,7 @@ async def test_prepare_files_plans_when_asked(tiny, fresh_probe, monkeypatch):
     monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
     prepared = await _prepare(tiny, plan_memory=True)
     assert prepared.path == str(tiny.resolve())
-    assert prepared.plan == await _plan(tiny)  # the same plan the plan_resources step makes
+    assert prepared.plan == await _plan(tiny)  # the plan of the node's memory planner itself
     assert (await _prepare(tiny, plan_memory=False)).plan is None
 
 
@@ -527,7 +527,7 @@ def test_the_header_reader_loads_gguf_constants_without_numpy():
     # a worker that reads headers does not carry numpy (~22 MB); the gguf package imported later
     # (as the tests do, to write GGUFs) shares the very same constant classes
     code = (
-        "import sys; from berth.activities import model_facts; "
+        "import sys; from berth.models import facts as model_facts; "
         "assert 'numpy' not in sys.modules and 'gguf' not in sys.modules, sorted(sys.modules); "
         "import gguf; assert model_facts.T is gguf.GGUFValueType; "
         "assert model_facts.GGML_QUANT_SIZES is gguf.GGML_QUANT_SIZES; print('ok')"

@@ -19,7 +19,7 @@ from berth.domain.errors import ErrorCode
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S, InstanceStatus
 from berth.domain.temporal_names import workflow_id
-from berth.presets import QWEN25_05B_INSTRUCT
+from berth.models.presets import QWEN25_05B_INSTRUCT
 from berth.testing.fake_hf_hub import FakeHub
 from berth.testing.harness import (
     RunningStack,

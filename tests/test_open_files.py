@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 PROBE = (
-    "import resource; from berth.open_files import raise_open_files_limit; "
+    "import resource; from berth.worker.open_files import raise_open_files_limit; "
     "print(resource.getrlimit(resource.RLIMIT_NOFILE)[1], raise_open_files_limit(), "
     "resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
 )

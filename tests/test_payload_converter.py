@@ -4,7 +4,7 @@ for every converter instance (the SDK makes one per workflow instance)."""
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from berth.domain.pipeline import EngineHandle, EngineOutcome
-from berth.payload_converter import SHARED_TYPE_ADAPTERS, SharedAdaptersPayloadConverter, berth_data_converter
+from berth.common.payload_converter import SHARED_TYPE_ADAPTERS, SharedAdaptersPayloadConverter, berth_data_converter
 
 HANDLE = EngineHandle(
     instance_id="d-1", deployment="d", engine="llamacpp", port=30001, pid=42, log_path="/l", started_at=1.0

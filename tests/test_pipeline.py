@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 from temporalio.client import WorkflowExecutionStatus
 
-from berth.activities.ports import PortRegistry, port_is_free
+from berth.node.ports import PortRegistry, port_is_free
 from berth.domain.errors import ErrorCode
 from berth.domain.spec import DeploymentSpec, RestartPolicy
 from berth.domain.state import DeploymentState
@@ -24,7 +24,7 @@ from berth.testing.harness import (
     wait_for_status,
 )
 from berth.domain.temporal_names import workflow_id
-from berth.activities.routing import routed
+from berth.node.routes import routed
 
 QUICK_RESTARTS = RestartPolicy(max_attempts=2, backoff_initial_s=0.2, backoff_max_s=0.5)
 

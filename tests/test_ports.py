@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from berth.activities.ports import PortRegistry
+from berth.node.ports import PortRegistry
 from berth.testing.harness import free_port_block
 
 

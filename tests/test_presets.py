@@ -13,14 +13,15 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities import files
-from berth.activities.files import assemble_preset
-from berth.activities.selection import model_format_of
+from berth.node import model_files
+from berth.activities.files import prepare_files
+from berth.node.model_files import assemble_preset
+from berth.node.engine_choice import model_format_of
 from berth.api.cli import model_reference, name_from_model
 from berth.domain.pipeline import PrepareFilesInput
 from berth.domain.spec import NAME_PATTERN
 from berth.testing.harness import wait_for_api_status
-from berth.presets import (
+from berth.models.presets import (
     GEMMA3_270M,
     PRESETS,
     QWEN25_05B_INSTRUCT,
@@ -166,7 +167,7 @@ def test_a_missing_package_says_how_to_install_it(tmp_path):
 async def test_prepare_files_heartbeats_while_it_assembles(standin, tmp_path, monkeypatch):
     preset, package = standin
     package.delay_s = 0.3
-    monkeypatch.setattr(files, "HEARTBEAT_EVERY_S", 0.02)
+    monkeypatch.setattr(model_files, "HEARTBEAT_EVERY_S", 0.02)
     beats = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
@@ -180,7 +181,7 @@ async def test_prepare_files_failures_are_model_loading_failures(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("BERTH_HOME", str(tmp_path))
     with pytest.raises(ApplicationError) as hub:
-        await files.prepare_files(
+        await prepare_files(
             PrepareFilesInput(deployment="qwen", model=QWEN25_05B_INSTRUCT.name, engine="llamacpp")
         )
     assert hub.value.type == "MODEL_LOADING_FAILURE" and hub.value.non_retryable
@@ -193,7 +194,7 @@ async def test_prepare_files_failures_are_model_loading_failures(tmp_path, monke
             raise ModuleNotFoundError(f"No module named {name!r}")
         return real_import(name, *args)
 
-    monkeypatch.setattr("berth.presets.importlib.import_module", without_gemma)
+    monkeypatch.setattr("berth.models.presets.importlib.import_module", without_gemma)
     with pytest.raises(ApplicationError) as missing:
         await assemble_preset(GEMMA3_270M, tmp_path)
     assert missing.value.type == "MODEL_LOADING_FAILURE"

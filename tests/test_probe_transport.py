@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from berth.activities.probe_transport import ProbeClient
+from berth.node.probe_transport import ProbeClient
 
 
 class Engine(BaseHTTPRequestHandler):

@@ -5,7 +5,7 @@ import signal
 import sys
 import time
 
-from berth.activities import process_runtime
+from berth.node import process_runtime
 from berth.engines.base import LaunchCommand
 
 
@@ -62,8 +62,8 @@ def _wait_status(tmp_path, timeout_s=10):
 def test_stop_instance_finds_unrecorded_leftovers_only_when_asked(tmp_path):
     """A launch's first attempt with no record skips the look through every process (there can be
     no leftover); a retried launch, and stop_engine, still find a process nobody recorded."""
-    from berth.activities.engine_records import EngineRecords
-    from berth.activities.launch import stop_instance
+    from berth.node.engine_records import EngineRecords
+    from berth.node.engine_launch import stop_instance
 
     records = EngineRecords(tmp_path / "run")
     started = run(tmp_path, "import time; time.sleep(60)", "t-4")

@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 
-from berth.activities import readiness
-from berth.activities.engine_watch import HeldExitWatch
-from berth.activities.file_changes import FileChanges
-from berth.activities.readiness import LogGrowth, until_next_probe
+from berth.node import readiness
+from berth.node.engine_watch import HeldExitWatch
+from berth.node.file_changes import FileChanges
+from berth.node.readiness import LogGrowth, until_next_probe
 
 # Writes one line to its log after a moment, then waits to be killed.
 LOGS_LATER = "import sys, time; time.sleep(0.3); open(sys.argv[1], 'a').write('serving\\n'); time.sleep(60)"

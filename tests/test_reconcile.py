@@ -7,17 +7,17 @@ from pathlib import Path
 
 import psutil
 
-from berth.activities import process_runtime
-from berth.activities.engine_records import EngineRecord, EngineRecords
-from berth.activities.ports import port_is_free, registry
-from berth.activities.routing import write_route
+from berth.node import process_runtime
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.ports import port_is_free, registry
+from berth.node.routes import write_route
 from berth.domain.pipeline import LaunchRequest, RouteRequest
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S
 from berth.domain.temporal_names import workflow_id
 from berth.engines.llamacpp import LlamaCppEngine
 from berth.testing.harness import engine_processes, start_deployment, wait_for_status
-from berth.activities.routing import routed
+from berth.node.routes import routed
 from tests.conftest import RECONCILE_INTERVAL_S
 
 WITHIN_S = RECONCILE_INTERVAL_S * 3 + 5

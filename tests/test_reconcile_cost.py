@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from temporalio.client import WorkflowExecutionStatus
 
-from berth.activities.engine_records import EngineRecord, EngineRecords
-from berth.activities.reconcile import Reconciler
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.worker.reconcile import Reconciler
 from berth.domain.spec import DeploymentSpec
 from berth.domain.state import DeploymentState, InstanceState
 from berth.domain.temporal_names import workflow_id

@@ -34,11 +34,6 @@ def test_decisions(code, attempts, status, attempt, backoff):
     assert decision.reason
 
 
-def test_deployments_started_before_the_immediate_first_restart_keep_their_backoffs():
-    backoffs = [decide(C.CONTAINER_EXITED, n, POLICY, immediate_first_restart=False).backoff_s for n in range(3)]
-    assert backoffs == [1, 2, 4]
-
-
 def test_the_backoff_is_capped():
     policy = RestartPolicy(max_attempts=20, backoff_initial_s=1, backoff_max_s=5)
     assert [decide(C.CONTAINER_EXITED, n, policy).backoff_s for n in range(6)] == [0, 1, 2, 4, 5, 5]

@@ -10,11 +10,11 @@ import httpx
 import pytest
 import yaml
 
-from berth import atomic_write
-from berth.activities.route_publisher import RoutePublisher
-from berth.activities.route_table import LOCK_FILE, ROUTES_FILE, STAGING_DIR, RouteTable, RouteTableError
-from berth.activities.routing import adopt_route_files, delete_route, route_config, routed, write_route
-from berth.api_token import load_api_token
+from berth.common import atomic_write
+from berth.node.route_publisher import RoutePublisher
+from berth.node.route_table import LOCK_FILE, ROUTES_FILE, STAGING_DIR, RouteTable, RouteTableError
+from berth.node.routes import adopt_route_files, delete_route, route_config, routed, write_route
+from berth.common.api_token import load_api_token
 from berth.domain.pipeline import RouteRequest
 from berth.settings import Settings
 

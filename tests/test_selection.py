@@ -7,11 +7,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from berth.activities.files import prepare_files
-from berth.activities.hardware import clear_hardware_cache
-from berth.activities.selection import select_engine as select_engine_activity
+from berth.node.hardware import clear_hardware_cache
+from berth.node.engine_choice import choose_engine
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
-from berth.domain.pipeline import PrepareFilesInput, SelectEngineInput
+from berth.domain.pipeline import PrepareFilesInput
 from berth.engines.registry import ENGINES
 from berth.engines.selection import SelectionRefused, assess_engines, select_engine
 
@@ -174,7 +174,7 @@ def test_the_default_catalog_is_the_registry():
         assert select_engine("safetensors", node(**LINUX, mlx=True), "mlx").engine == "mlx"
 
 
-# ---- the activity: the real probe of this node + the pure rule ---------------------------------
+# ---- the node's choice: the real probe of this node + the pure rule -------------------------------
 
 
 @pytest.fixture(autouse=True)
@@ -185,20 +185,20 @@ def _fresh_probe():
 
 
 async def _run(model: str, override: str = "auto"):
-    return await ActivityEnvironment().run(select_engine_activity, SelectEngineInput(model=model, override=override))
+    return await choose_engine(model, override)
 
 
 def _failure(error: ApplicationError) -> Failure:
     return Failure.model_validate(error.details[0])
 
 
-async def test_activity_picks_llamacpp_for_a_gguf(tiny_gguf):
+async def test_choice_picks_llamacpp_for_a_gguf(tiny_gguf):
     choice = await _run(str(tiny_gguf))
     assert choice.engine == "llamacpp"
     assert any("node:" in reason for reason in choice.reasons)
 
 
-async def test_activity_missing_path_is_a_loading_failure(tmp_path):
+async def test_choice_missing_path_is_a_loading_failure(tmp_path):
     # (a missing "x.gguf" is chosen by its name; prepare_files then says that it is missing)
     with pytest.raises(ApplicationError) as raised:
         await _run(str(tmp_path / "no-such-model"))
@@ -206,7 +206,7 @@ async def test_activity_missing_path_is_a_loading_failure(tmp_path):
     assert "does not exist" in _failure(raised.value).message
 
 
-async def test_activity_refusal_is_engine_unavailable(tmp_path):
+async def test_choice_refusal_is_engine_unavailable(tmp_path):
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"\0" * 16)
     with pytest.raises(ApplicationError) as raised:
@@ -216,7 +216,7 @@ async def test_activity_refusal_is_engine_unavailable(tmp_path):
     assert raised.value.non_retryable
 
 
-async def test_activity_refuses_vllm_on_this_gpu_less_node(tmp_path):
+async def test_choice_refuses_vllm_on_this_gpu_less_node(tmp_path):
     import shutil
 
     if shutil.which("nvidia-smi"):
@@ -242,7 +242,7 @@ async def test_prepare_files_chooses_the_engine_then_plans_the_memory_for_it(tin
     monkeypatch.setenv("BERTH_HOME", str(tmp_path / "home"))
     prepared = await _prepare(str(tiny_gguf), plan_memory=True)
     assert prepared.choice is not None and prepared.choice.engine == "llamacpp"
-    assert prepared.choice == await _run(str(tiny_gguf)), "the same choice as the select_engine step"
+    assert prepared.choice == await _run(str(tiny_gguf)), "the same choice as the node makes on its own"
     assert prepared.path == str(tiny_gguf.resolve()) and prepared.format == "gguf"
     assert prepared.plan is not None and prepared.plan.context_size, "planned for the chosen engine"
 

@@ -60,7 +60,6 @@ def test_backoff_doubles_up_to_the_cap():
     policy = RestartPolicy(backoff_initial_s=1, backoff_max_s=60)
     # the first automatic restart is immediate, then the backoff doubles from backoff_initial_s
     assert [policy.backoff_s(n) for n in range(1, 9)] == [0, 1, 2, 4, 8, 16, 32, 60]
-    assert [policy.backoff_s(n, immediate_first=False) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
 @pytest.mark.parametrize(

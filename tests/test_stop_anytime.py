@@ -22,7 +22,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from berth.activities.ports import registry
+from berth.node.ports import registry
 from berth.domain.pipeline import (
     ALLOCATE_PORT,
     AWAIT_READY,
@@ -67,7 +67,7 @@ from berth.testing.harness import (
 )
 from berth.worker.temporal_server import temporal_binary
 from berth.workflows.deployment import DeploymentInput, DeploymentWorkflow
-from berth.activities.routing import routed
+from berth.node.routes import routed
 
 STOP_WITHIN_S = 5  # "promptly": signal sent -> workflow closed STOPPED, on this 2-core machine
 POLL_S = 0.003

@@ -1,7 +1,7 @@
 """supervise looks at its engine every ~5 s, each wait drawn anew within +-10%, so that loops a stall
 of the worker bunched together drift apart instead of probing in step."""
 
-from berth.activities import supervision
+from berth.node import supervision
 
 
 def test_each_wait_is_drawn_around_the_health_interval():

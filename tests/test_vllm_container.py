@@ -13,10 +13,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from berth.activities import container_runtime, supervision
-from berth.activities.engine_records import EngineRecords
-from berth.activities.engine_watch import EngineView
-from berth.activities.launch import launch, stop_all_for_node_shutdown, stop_instance
+from berth.node import container_runtime, supervision
+from berth.node.engine_records import EngineRecords
+from berth.node.engine_watch import EngineView
+from berth.node.engine_launch import launch, stop_all_for_node_shutdown, stop_instance
 from berth.activities.readiness import await_ready
 from berth.activities.supervision import supervise
 from berth.domain.diagnostics import classify_log
@@ -429,7 +429,7 @@ async def test_supervise_sees_a_container_exit_within_a_second(fake_docker, mode
 
 
 def container_runtime_poll() -> float:
-    from berth.activities.engine_watch import CONTAINER_POLL_S
+    from berth.node.engine_watch import CONTAINER_POLL_S
 
     return CONTAINER_POLL_S
 

@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 
-from berth.activities.ports import registry
+from berth.node.ports import registry
 from berth.domain.pipeline import SUPERVISE
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S
 from berth.testing.harness import engine_processes, start_deployment, wait_for_status
 from berth.worker.fault_injection import FAULT_FILE
 from berth.worker.takeover import TAKEN_OVER, holder_is_dead
-from berth.activities.routing import routed
+from berth.node.routes import routed
 
 STEPS = [
     "end:prepare_files",  # the engine chosen, the files in place, the result never reached Temporal

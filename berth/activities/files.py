@@ -1,112 +1,32 @@
-"""prepare_files: make the model's files present on this node and say where they are.
+"""prepare_files: the model's files present on this node, and where they are.
 
-Asked to (choose_engine), it first chooses the engine (berth.activities.selection), before
-anything is fetched: one round trip through Temporal fewer than a select_engine step.
-
-Local paths are used in place, never copied, after a check that they exist and can be read.
-A preset name (berth.presets) that is not a path here is resolved first: a packaged preset is
-assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
-URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
-in the deployment's state, resumable after a stop; files berth fetched that are gone now are
-MUST_REDOWNLOAD unless this deploy may fetch them again. Asked to (plan_memory), it then plans the
-memory (berth.activities.planning): the step the launch waits for does both.
+Asked to (choose_engine), it first chooses the engine, before anything is fetched (a model no
+engine here serves fails now); asked to (plan_memory), it plans the memory once the files are in
+place (a model that cannot fit fails here, as OOM, before anything is launched). One step, so the
+launch waits for one round trip through Temporal.
 """
 
 import asyncio
-import os
-from pathlib import Path
 
 from temporalio import activity
 
-from berth.activities.failures import failure_error
-from berth.domain.errors import ErrorCode
-from berth.domain.model_reference import LocalReference
-from berth.domain.pipeline import PREPARE_FILES, PlanRequest, PrepareFilesInput, PreparedModel, SelectEngineInput
-from berth.activities.download_progress import ProgressReporter
-from berth.activities.model_source import local_model_format, model_source, wanted_format
-from berth.activities.planning import plan_for
-from berth.activities.selection import choose_engine
-from berth.models.fetch import FetchFailed, ModelGone, fetch_model
-from berth.presets import (
-    Preset,
-    PresetUnavailable,
-    assemble_packaged,
-    is_assembled,
-    missing_model_message,
-    packaged_path,
-)
-from berth.settings import Settings
-
-
-def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
-    """`resolve`: hand the engine the canonical path (False for the hub cache, whose files are
-    symlinks to content-named blobs: the snapshot path keeps the file's name)."""
-    path = Path(reference).expanduser()
-    if not path.exists():
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(reference))
-    if not os.access(path, os.R_OK) or (path.is_dir() and not os.access(path, os.X_OK)):
-        raise failure_error(
-            ErrorCode.MODEL_LOADING_FAILURE, f"model path {str(path)!r} exists but cannot be read"
-        )
-    if path.is_file() and path.stat().st_size == 0:
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, f"model file {str(path)!r} is empty")
-    model_format = local_model_format(path) or "unknown"
-    return PreparedModel(path=str(path.resolve() if resolve else path.absolute()), format=model_format)
-
-
-# well inside prepare_files' heartbeat timeout (3 s in the workflow)
-HEARTBEAT_EVERY_S = 0.5
-
-
-async def assemble_preset(preset: Preset, models_dir: Path) -> str:
-    """The local path of a packaged preset's model file on this node (assembled now if need be)."""
-    if is_assembled(preset, models_dir):
-        return str(packaged_path(preset, models_dir))
-    assembling = asyncio.ensure_future(asyncio.to_thread(assemble_packaged, preset, models_dir))
-    while not assembling.done():
-        await asyncio.wait({assembling}, timeout=HEARTBEAT_EVERY_S)
-        if not assembling.done() and activity.in_activity():
-            activity.heartbeat(f"assembling {preset.file_name} from {preset.package}")
-    try:
-        return str(assembling.result())
-    except PresetUnavailable as unavailable:
-        raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(unavailable)) from None
+from berth.domain.pipeline import PREPARE_FILES, PrepareFilesInput, PreparedModel
+from berth.node.engine_choice import choose_engine
+from berth.node.memory_plan import plan_for
+from berth.node.model_files import files_in_place
 
 
 @activity.defn(name=PREPARE_FILES)
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
     choice = None
     if request.choose_engine:  # before any download: a model no engine here serves fails now
-        choice = await choose_engine(SelectEngineInput(model=request.model, override=request.override))
+        choice = await choose_engine(request.model, request.override)
         request = request.model_copy(update={"engine": choice.engine})
     prepared = await files_in_place(request)
     if choice:
         prepared = prepared.model_copy(update={"choice": choice})
     if request.plan_memory and request.engine:
         # a model that cannot fit fails here (OOM), before anything is launched
-        plan = await asyncio.to_thread(
-            plan_for, PlanRequest(model_path=prepared.path, engine=request.engine, context_size=request.context_size)
-        )
+        plan = await asyncio.to_thread(plan_for, prepared.path, request.engine, request.context_size)
         prepared = prepared.model_copy(update={"plan": plan})
     return prepared
-
-
-async def files_in_place(request: PrepareFilesInput) -> PreparedModel:
-    models_dir = Settings.from_env().models_dir
-    source = model_source(request.model)
-    if isinstance(source, Preset):
-        return check_local_model(await assemble_preset(source, models_dir))
-    if isinstance(source, LocalReference):
-        return check_local_model(source.path)
-    reporter = ProgressReporter()
-    try:
-        fetched = await reporter.run(
-            fetch_model(source, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
-        )
-    except ModelGone as gone:
-        raise failure_error(ErrorCode.MUST_REDOWNLOAD, str(gone), missing_files=gone.missing) from None
-    except FetchFailed as failed:
-        code = ErrorCode.TRANSIENT if failed.retryable else ErrorCode.MODEL_LOADING_FAILURE
-        raise failure_error(code, str(failed)) from None
-    prepared = check_local_model(fetched.path, resolve=False)
-    return prepared.model_copy(update={"note": fetched.note})

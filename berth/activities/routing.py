@@ -1,94 +1,14 @@
-"""Routes through the gateway: each deployment's route in the route table, one file of the folder
-$BERTH_HOME/routes/ that Traefik's file provider watches (berth.activities.route_table; the worker
-coalesces the writes of concurrent activities: berth.activities.route_publisher). A written route
-is live ~0.1 s later (with hundreds of routes, up to ~1 s); a removed one takes its routers away
-(the gateway then answers 404 for that path).
+"""configure_route and remove_route: a deployment's route through the gateway, in this node's route
+table (berth.node.routes); the worker's publisher coalesces the writes of concurrent activities
+(berth.node.route_publisher). Each returns once the route table's file says so."""
 
-Model endpoints need the API token unless the deployment is public. Two routers per deployment:
-a fast one whose rule matches `Authorization: Bearer <token>` exactly and goes straight to the
-engine (no extra hop), and a fallback for everything else under the prefix that asks the API's
-/v1/auth/check first (Traefik forwardAuth): a wrong or missing token gets the API's 401 with its
-message, an oddly written right one still passes. The route table holds the token: it is 0600.
-"""
-
-import logging
-import re
-from pathlib import Path
-
-import yaml
 from temporalio import activity
 
-from berth.activities.gateway_certificate import certificate_path, read_certificate
-from berth.activities.route_publisher import route_publisher
-from berth.activities.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
-from berth.api_token import load_api_token
-from berth.atomic_write import write_atomically
+from berth.common.api_token import load_api_token
 from berth.domain.pipeline import CONFIGURE_ROUTE, REMOVE_ROUTE, RouteRequest
+from berth.node.route_publisher import route_publisher
+from berth.node.routes import route_config
 from berth.settings import Settings
-
-log = logging.getLogger(__name__)
-
-GATEWAY_ENTRYPOINT = "web"
-GATEWAY_FILE = "_berth-gateway.yml"  # what the routes share; names starting with "_" are never deployments
-AUTH_MIDDLEWARE = "berth-auth"
-RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
-# No Traefik health check on an engine: berth's own watch (await_ready, then supervise) is what says
-# whether an engine serves, and a deployment's route only points at its one engine, so Traefik has
-# nothing to balance around; a dead engine's route answers 502 until the workflow restarts the engine
-# or removes the route. Measured with 700 stand-in deployments: the checks (two per service, one per
-# router) kept Traefik at ~19% of a core for good, and each reload restarted all of them, so after
-# the last deployment Traefik worked through its queue of reloads for ~70 s at a full core (~25 s
-# without them, then 0%). They also made the gateway lag an engine that was still loading when a
-# check came (it was asked again only at the next unhealthyInterval).
-
-
-def route_config(request: RouteRequest, token: str | None) -> Route:
-    """The deployment's routers, middleware and service; each name says whose it is (route_table.owner)."""
-    name = f"{OWNED_PREFIX}{request.deployment}"
-    prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
-    strip = f"{name}{PART_SEPARATOR}strip"
-    if request.public or not token:
-        routers = {name: _router(prefix_rule, [strip], name)}
-    else:
-        routers = {f"{name}{PART_SEPARATOR}auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", strip], name, 10)}
-        if RULE_SAFE_TOKEN.match(token):
-            token_rule = f"{prefix_rule} && Header(`Authorization`, `Bearer {token}`)"
-            routers[name] = _router(token_rule, [strip], name, 20)
-    return {
-        "http": {
-            "routers": routers,
-            "middlewares": {strip: {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}},
-            "services": {
-                name: {
-                    "loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{request.port}"}]}
-                }
-            },
-        }
-    }
-
-
-def _router(rule: str, middlewares: list[str], service: str, priority: int | None = None) -> dict:
-    router = {"rule": rule, "entryPoints": [GATEWAY_ENTRYPOINT], "middlewares": middlewares, "service": service}
-    if priority is not None:
-        router["priority"] = priority
-    return router
-
-
-def write_route(routes_dir: Path, request: RouteRequest, token: str | None = None) -> Path:
-    """Put the route in the table now (a process with no publisher: a test, a tool); returns the
-    table's file. Unchanged routes are not written again (no reload for Traefik)."""
-    table = RouteTable(routes_dir)
-    table.apply({request.deployment: route_config(request, token)})
-    return table.path
-
-
-def delete_route(routes_dir: Path, deployment: str) -> None:
-    RouteTable(routes_dir).apply({deployment: None})
-
-
-def routed(routes_dir: Path) -> set[str]:
-    """The deployments that have a route in the gateway."""
-    return RouteTable(routes_dir).deployments()
 
 
 @activity.defn(name=CONFIGURE_ROUTE)
@@ -102,63 +22,3 @@ async def configure_route(request: RouteRequest) -> str:
 @activity.defn(name=REMOVE_ROUTE)
 async def remove_route(deployment: str) -> None:
     await route_publisher(Settings.from_env().routes_dir).remove(deployment)
-
-
-def adopt_route_files(settings: Settings) -> list[str]:
-    """Routes an earlier berth left as files of their own (`routes/<deployment>.yml`): into the
-    route table, remade with today's names and token, then the files go. Returns the deployments."""
-    token = load_api_token(settings)
-    adopted: dict[str, Route] = {}
-    files = []
-    for path in sorted(settings.routes_dir.glob("*.yml")):
-        if path.name.startswith("_"):  # the gateway's file, the route table
-            continue
-        try:
-            config = (yaml.safe_load(path.read_text()) or {})["http"]
-            service = config["services"].get(f"{OWNED_PREFIX}{path.stem}")
-            if service is None:  # not one berth wrote (a file put there by hand): Traefik's alone
-                continue
-            url = service["loadBalancer"]["servers"][0]["url"]
-            port = int(url.rsplit(":", 1)[1].strip("/"))
-        except (OSError, yaml.YAMLError, LookupError, AttributeError, TypeError, ValueError) as error:
-            log.warning("route file %s could not be read (%s): left as it is", path, error)
-            continue
-        public = not any(f"{AUTH_MIDDLEWARE}@file" in (router.get("middlewares") or [])
-                         for router in (config.get("routers") or {}).values())
-        request = RouteRequest(deployment=path.stem, port=port, engine="", public=public)
-        adopted[path.stem] = route_config(request, token)
-        files.append(path)
-    if adopted:
-        RouteTable(settings.routes_dir).apply(adopted)
-        for path in files:
-            path.unlink(missing_ok=True)
-    return sorted(adopted)
-
-
-def write_gateway_config(settings: Settings) -> Path:
-    """What every route shares: the forwardAuth middleware that asks the API about a token, and,
-    once it has been made, the default TLS certificate that spares Traefik a new RSA key at each
-    route change (berth.activities.gateway_certificate)."""
-    config: dict = {
-        "http": {
-            "middlewares": {
-                AUTH_MIDDLEWARE: {
-                    "forwardAuth": {
-                        "address": f"{settings.api_url}/v1/auth/check",
-                        "authRequestHeaders": ["Authorization"],
-                    }
-                }
-            }
-        }
-    }
-    certificate = read_certificate(certificate_path(settings))
-    if certificate is not None:
-        certificate_pem, key_pem = certificate
-        # PEM text, not file paths (Traefik takes either): its routes folder may be mounted elsewhere
-        default = {"defaultCertificate": {"certFile": certificate_pem, "keyFile": key_pem}}
-        config["tls"] = {"stores": {"default": default}}
-    path = settings.routes_dir / GATEWAY_FILE
-    text = yaml.safe_dump(config, sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        write_atomically(path, text, tmp_dir=settings.routes_dir / STAGING_DIR)
-    return path

@@ -4,7 +4,7 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from berth.api import routes_deployments, routes_engines
-from berth.api_token import ensure_api_token
+from berth.common.api_token import ensure_api_token
 from berth.api.dependencies import require_token
 from berth.api.errors import ERROR_RESPONSES, install_error_handlers
 from berth.api.facade import Deployments

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from berth.api_token import TOKEN_ENV, load_api_token, token_path
+from berth.common.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.server import api_url
 from berth.settings import Settings
 

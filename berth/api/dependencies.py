@@ -3,7 +3,7 @@
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from berth.api_token import TOKEN_ENV, token_matches
+from berth.common.api_token import TOKEN_ENV, token_matches
 from berth.api.errors import ApiError
 from berth.api.facade import Deployments
 

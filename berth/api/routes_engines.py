@@ -2,8 +2,8 @@
 
 The same report backs `berth engines [MODEL]`, which computes it locally (engines_report) when no
 API answers. Everything comes from the functions the pipeline itself uses: the hardware probe
-(berth.activities.hardware), engine assessment and selection (berth.engines.selection), and the
-model's format as the pipeline's choice of engine reads it (berth.activities.selection).
+(berth.node.hardware), engine assessment and selection (berth.engines.selection), and the
+model's format as the pipeline's choice of engine reads it (berth.node.engine_choice).
 """
 
 import asyncio
@@ -19,7 +19,7 @@ from berth.domain.hardware import Hardware
 from berth.domain.spec import EngineName
 from berth.engines.registry import ENGINES
 from berth.engines.selection import SelectionRefused, assess_engines, select_engine
-from berth.presets import missing_model_message, preset_for
+from berth.models.presets import missing_model_message, preset_for
 
 REMOTE_PREFIXES = ("http://", "https://", "hf:")
 
@@ -70,8 +70,8 @@ def engines_report(model: str | None = None, engine: str = "auto", hardware: Har
     ping Docker for up to a second."""
     # imported here: the probe (psutil, NVML through ctypes) and the model readers (the hub client)
     # cost the API ~5 MB, and most APIs never serve this report
-    from berth.activities.hardware import probe_hardware
-    from berth.activities.selection import model_bytes_of, model_format_of
+    from berth.node.hardware import probe_hardware
+    from berth.node.engine_choice import model_bytes_of, model_format_of
 
     hardware = hardware or probe_hardware()
     model_format = model_format_of(model) if model else None

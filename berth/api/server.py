@@ -6,8 +6,8 @@ import logging
 import os
 from collections.abc import Mapping
 
-from berth.http_check import answers_ok
-from berth.gc_pauses import freeze_start_up_objects
+from berth.common.http_check import answers_ok
+from berth.common.gc_pauses import freeze_start_up_objects
 from berth.settings import Settings
 
 API_HOST = "127.0.0.1"

@@ -1,6 +1,6 @@
 """What a node has: CPU, RAM, GPUs, Apple silicon, Docker, and which engine runtimes are installed.
 
-Pure data, filled by the probe in `berth.activities.hardware` (or by a test). Memory is in bytes.
+Pure data, filled by the probe in `berth.node.hardware` (or by a test). Memory is in bytes.
 """
 
 from pydantic import BaseModel, ConfigDict, Field

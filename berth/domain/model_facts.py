@@ -1,5 +1,5 @@
 """What a model's files say about its size: read from a GGUF header or a safetensors folder's
-config.json and tensor headers (by `berth.activities.model_facts`), never from the weights."""
+config.json and tensor headers (by `berth.models.facts`), never from the weights."""
 
 from typing import Literal
 

@@ -6,7 +6,7 @@
     hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF         Hugging Face repo: berth picks the file(s)
     hf:org/repo@v1.0:model-q8_0.gguf           ... at a revision, with the file named
     Qwen/Qwen2.5-0.5B-Instruct                 an `org/repo` that is not a path on the node
-    gemma3-270m                                a berth preset (berth.presets)
+    gemma3-270m                                a berth preset (berth.models.presets)
 
 Pure parsing: whether `org/repo` is a local path is decided by the caller (`exists`), on the node;
 an `org/name` whose name ends in a model file extension (`models/q.gguf`) is always a path.
@@ -70,7 +70,7 @@ def is_remote(reference: str) -> bool:
 
 def parse_model_reference(reference: str, exists: bool = False) -> ModelReference:
     """What `reference` names. `exists`: a file or folder of that name is on the node (a path wins
-    over an `org/repo` that looks like a hub repo). Presets are resolved before this (berth.presets)."""
+    over an `org/repo` that looks like a hub repo). Presets are resolved before this (berth.models.presets)."""
     if reference.startswith(("http://", "https://")):
         return parse_url(reference)
     if reference.startswith("hf:"):

@@ -10,7 +10,6 @@ from berth.domain.memory import ResourcePlan
 
 # Registered activity names: the workflow schedules activities by these.
 PLACE_DEPLOYMENT = "place_deployment"
-SELECT_ENGINE = "select_engine"
 ALLOCATE_PORT = "allocate_port"
 RELEASE_PORT = "release_port"
 CONFIGURE_ROUTE = "configure_route"
@@ -25,11 +24,6 @@ STOP_ENGINE = "stop_engine"
 class EngineChoice(BaseModel):
     engine: str
     reasons: list[str] = Field(default_factory=list)
-
-
-class SelectEngineInput(BaseModel):
-    model: str
-    override: str = "auto"
 
 
 class PortRequest(BaseModel):
@@ -109,17 +103,3 @@ class EngineOutcome(BaseModel):
 
 class StopRequest(BaseModel):
     instance_id: str
-
-
-# ---- hardware and memory fit ----------------------------------------------------------------
-
-PROBE_HARDWARE = "probe_hardware"
-PLAN_RESOURCES = "plan_resources"
-
-
-class PlanRequest(BaseModel):
-    """plan_resources' input: the prepared model (a local path on the node) and the chosen engine."""
-
-    model_path: str
-    engine: str
-    context_size: int | None = None  # None: the largest that fits, up to the trained context, capped

@@ -22,9 +22,7 @@ class Decision:
     reason: str = ""
 
 
-def decide(
-    code: ErrorCode, attempts_so_far: int, policy: RestartPolicy, immediate_first_restart: bool = True
-) -> Decision:
+def decide(code: ErrorCode, attempts_so_far: int, policy: RestartPolicy) -> Decision:
     """The next status after a failure with `code`, given the automatic attempts already made."""
     if code is ErrorCode.MUST_REDOWNLOAD:
         return Decision(DeploymentStatus.MUST_REDOWNLOAD, 0, reason="the model files must be fetched again")
@@ -41,6 +39,6 @@ def decide(
     return Decision(
         DeploymentStatus.ERROR,
         attempt,
-        policy.backoff_s(attempt, immediate_first_restart),
+        policy.backoff_s(attempt),
         reason=f"automatic restart {attempt} of {limit}",
     )

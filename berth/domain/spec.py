@@ -48,14 +48,12 @@ class RestartPolicy(BaseModel):
         60.0, gt=0, le=86400, description="serving this long resets the attempt counter"
     )
 
-    def backoff_s(self, attempt: int, immediate_first: bool = True) -> float:
+    def backoff_s(self, attempt: int) -> float:
         """Backoff before automatic attempt `attempt` (1-based). The first restart is immediate: a
-        one-off crash costs no more than a start; a crash loop still slows down from the second.
-        (`immediate_first=False`: the older rule, kept for deployments started before it.)"""
-        if immediate_first:
-            if attempt <= 1:
-                return 0.0
-            attempt -= 1
+        one-off crash costs no more than a start; a crash loop still slows down from the second."""
+        if attempt <= 1:
+            return 0.0
+        attempt -= 1
         return min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, attempt - 1)))
 
 

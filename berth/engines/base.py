@@ -55,7 +55,7 @@ class ContainerSpec:
 
 
 class HttpProbe(Protocol):
-    """What an engine's probe asks through: berth.activities.probe_transport.ProbeClient in the
+    """What an engine's probe asks through: berth.node.probe_transport.ProbeClient in the
     worker (an httpx.AsyncClient answers the same calls). Answers have `status_code`; failures raise
     httpx's exceptions (ConnectError, ReadError, RemoteProtocolError, TimeoutException...)."""
 

@@ -1,5 +1,5 @@
 """Which engine serves a model here: a pure function of (the model's format and size, the node's
-Hardware, an override). No I/O: the activity `berth.activities.selection` probes and calls it.
+Hardware, an override). No I/O: the activity `berth.node.engine_choice` probes and calls it.
 
 The rule, for `engine="auto"`:
 

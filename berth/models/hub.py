@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from berth.common.process_lifetime import killed_with_parent
 from berth.domain.model_reference import HubReference
 from berth.domain.state import DownloadProgress
-from berth.process_lifetime import killed_with_parent
 from berth.models.hub_errors import HubError, hub_endpoint, hub_error_from, hub_offline, offline_error
 
 __all__ = [

@@ -17,13 +17,13 @@ import psutil
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from berth.api_token import load_api_token
+from berth.common.api_token import load_api_token
 from berth.api.server import api_url
 from berth.domain.spec import DeploymentSpec
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 from berth.settings import CONTROL_TASK_QUEUE, Settings
-from berth.temporal_connection import connect
+from berth.common.temporal_connection import connect
 from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
 from berth.workflows.deployment import DeploymentInput
 

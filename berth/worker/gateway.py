@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from berth.atomic_write import write_atomically
-from berth.http_check import answers_ok
+from berth.common.atomic_write import write_atomically
+from berth.common.http_check import answers_ok
 from berth.settings import Settings
 
 

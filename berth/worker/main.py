@@ -14,34 +14,31 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from berth.activities.files import prepare_files
-from berth.activities.gateway_certificate import certificate_path, ensure_certificate
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import place_deployment
-from berth.activities.planning import plan_resources
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
-from berth.activities.reconcile import Reconciler
-from berth.activities.routing import adopt_route_files, configure_route, remove_route, write_gateway_config
-from berth.activities.selection import select_engine
+from berth.activities.routing import configure_route, remove_route
 from berth.activities.supervision import supervise
-from berth.gc_pauses import freeze_start_up_objects, freeze_survivors
-from berth.open_files import raise_open_files_limit
+from berth.common.gc_pauses import freeze_start_up_objects, freeze_survivors
+from berth.common.temporal_connection import connect
+from berth.node.gateway_certificate import certificate_path, ensure_certificate
+from berth.node.routes import adopt_route_files, write_gateway_config
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
 from berth.worker.fault_injection import KillWorkerInterceptor
+from berth.worker.open_files import raise_open_files_limit
+from berth.worker.reconcile import Reconciler
 from berth.worker.takeover import take_over_from_dead_workers
 from berth.worker.worker_ready import announce_ready, withdraw_ready
-from berth.temporal_connection import connect
 from berth.workflows.deployment import DeploymentWorkflow
 
 NODE_ACTIVITIES = [
-    select_engine,
     allocate_port,
     release_port,
     configure_route,
     remove_route,
     prepare_files,
-    plan_resources,
     launch_engine,
     await_ready,
     supervise,

@@ -5,7 +5,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from berth.process_lifetime import die_with_parent
+from berth.common.process_lifetime import die_with_parent
 
 
 class ManagedProcess:

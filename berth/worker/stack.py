@@ -9,7 +9,7 @@ them back.
 `berth up` only starts, checks and stops processes, so it imports nothing heavy: no temporalio (the
 worker says when it polls: berth.worker.worker_ready), no FastAPI, no Docker SDK. Its children
 are spawned before anything else is imported, so that their own start-up (imports, Temporal's
-SQLite) runs while this one waits. What stops the engines at the end (berth.activities.launch,
+SQLite) runs while this one waits. What stops the engines at the end (berth.node.engine_launch,
 which needs the Docker SDK) is imported on the way down, while the worker is stopping.
 """
 
@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from berth.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
 from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
@@ -148,11 +148,11 @@ class Stack:
 
     def shutdown(self) -> None:
         """API, then worker (so that no activity sees its engine die), then engines, router, Temporal."""
-        importing = _import_in_background("berth.activities.launch")  # while the worker stops
+        importing = _import_in_background("berth.node.engine_launch")  # while the worker stops
         self.api.stop()
         self.worker.stop(grace_s=10)
         importing.join()
-        from berth.activities.launch import stop_all_for_node_shutdown
+        from berth.node.engine_launch import stop_all_for_node_shutdown
 
         stopped = stop_all_for_node_shutdown(self.settings)
         if stopped:

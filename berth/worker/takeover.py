@@ -24,8 +24,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from berth.activities.engine_records import EngineRecords
 from berth.domain.temporal_names import workflow_id
+from berth.node.engine_records import EngineRecords
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)

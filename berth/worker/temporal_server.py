@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 from berth.settings import Settings
 from berth.domain.temporal_names import SEARCH_ATTRIBUTES
 

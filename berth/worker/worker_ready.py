@@ -10,7 +10,7 @@ count). So `berth up`, a process supervisor, needs no Temporal client and none o
 import os
 from pathlib import Path
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 from berth.settings import Settings
 
 READY_FILE = "worker.ready"

@@ -13,7 +13,7 @@ from berth.api.client import BerthApi
 from berth.api.cli_output import follow, outcome_text
 from berth.domain.model_reference import BadModelReference, HubReference, UrlReference, parse_model_reference
 from berth.domain.status import DeploymentStatus
-from berth.presets import looks_like_a_name, preset_for
+from berth.models.presets import looks_like_a_name, preset_for
 
 REMOTE_PREFIXES = ("http://", "https://", "hf:")
 # DeploymentSpec.engine's choices, spelled out so that the CLI starts without pydantic (a test

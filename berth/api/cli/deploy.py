@@ -3,7 +3,7 @@
 import argparse
 
 from berth.api.cli.common import ENGINES, api, command, deployment_spec, follow_until_done, say
-from berth.presets import PRESETS
+from berth.models.presets import PRESETS
 
 
 def run(args: argparse.Namespace) -> int:

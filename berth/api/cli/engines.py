@@ -6,7 +6,7 @@ import json
 from berth.api.cli.common import ENGINES, api, command, model_reference, say
 from berth.api.client import ApiUnreachable, BerthApi
 from berth.api.cli_output import engines_text
-from berth.presets import PRESETS
+from berth.models.presets import PRESETS
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ import asyncio
 import functools
 import os
 
-from berth.api_token import TOKEN_ENV, load_api_token, token_path
+from berth.common.api_token import TOKEN_ENV, load_api_token, token_path
 from berth.api.cli.common import command, model_reference, name_from_model
 from berth.api.client import ApiRequestError, BerthApi
 from berth.api.cli_output import follow, last_transition_key, outcome_text

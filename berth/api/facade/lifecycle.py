@@ -31,7 +31,7 @@ from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
 from berth.settings import CONTROL_TASK_QUEUE, Settings
-from berth.temporal_connection import connect
+from berth.common.temporal_connection import connect
 from berth.workflows.deployment import BERTH_MODEL, BERTH_STATUS, DeploymentInput
 
 QUERY_TIMEOUT = timedelta(seconds=10)

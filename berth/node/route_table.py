@@ -4,7 +4,7 @@ Traefik's file provider rebuilds its whole configuration from every file in the 
 event it sees there. Measured with 700 deployments (two routers each), one route change cost
 Traefik 619 ms of CPU and took 0.69 s to go live when each route was a file of its own, 353 ms and
 0.39 s when all of them were in one file (and a burst of deployments is then written in a few
-events, not one each: berth.activities.route_publisher).
+events, not one each: berth.node.route_publisher).
 
 The file is JSON (which YAML, and so Traefik, reads), written whole by a rename from the staging
 subfolder (one event; Traefik does not watch subfolders) and only when its content changes. Writers
@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 
 log = logging.getLogger(__name__)
 

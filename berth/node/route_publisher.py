@@ -22,7 +22,7 @@ import time
 import weakref
 from pathlib import Path
 
-from berth.activities.route_table import Route, RouteTable
+from berth.node.route_table import Route, RouteTable
 
 GAP_PER_ROUTE_S = 0.0015
 

@@ -2,7 +2,7 @@
 
 GGUF: the header (metadata key/values and tensor infos) is parsed here with the `gguf` package's
 constants (value types, quantisation block sizes, key names; loaded without the rest of the
-package, which would bring numpy into every worker: berth.activities.gguf_constants).
+package, which would bring numpy into every worker: berth.models.gguf_constants).
 `gguf.GGUFReader` itself is not used: it builds numpy views for every metadata item and took ~22 s and ~700 MB of RAM for the Gemma 3
 270M file (262,144 vocabulary strings); this parser reads the same header through mmap in well
 under a second and touches only the header's pages. Split GGUFs (`*-00001-of-00003.gguf`) add
@@ -22,8 +22,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from berth.activities.gguf_constants import constants as gguf
 from berth.domain.model_facts import DEFAULT_KV_BYTES_PER_ELEMENT, ModelFacts
+from berth.models.gguf_constants import constants as gguf
 
 __all__ = ["ModelFilesUnreadable", "read_gguf_facts", "read_model_facts", "read_safetensors_facts"]
 

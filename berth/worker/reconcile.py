@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from berth.activities import process_runtime
-from berth.activities.engine_records import EngineRecord, EngineRecords
-from berth.activities.launch import stop_instance
-from berth.activities.ports import registry
-from berth.activities.route_publisher import route_publisher
-from berth.activities.route_table import RouteTable
 from berth.domain.spec import NAME_PATTERN
 from berth.domain.state import DeploymentState
 from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
+from berth.node import process_runtime
+from berth.node.engine_launch import stop_instance
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.ports import registry
+from berth.node.route_publisher import route_publisher
+from berth.node.route_table import RouteTable
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from berth.activities import container_runtime, process_runtime
-from berth.activities.engine_records import EngineRecord, EngineRecords
-from berth.activities.logs import read_lines_since
 from berth.domain.diagnostics import classify_exit, classify_log
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import EngineHandle
 from berth.engines.registry import get_engine
+from berth.node import container_runtime, process_runtime
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.logs import read_lines_since
 from berth.settings import Settings
 
 CONTAINER_POLL_S = 1.0  # a container's exit is noticed by asking Docker this often

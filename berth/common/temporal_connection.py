@@ -1,9 +1,9 @@
 """One way to reach Temporal, for the worker, the API and the tests: pydantic payloads everywhere
-(berth.payload_converter)."""
+(berth.common.payload_converter)."""
 
 from temporalio.client import Client
 
-from berth.payload_converter import berth_data_converter
+from berth.common.payload_converter import berth_data_converter
 from berth.settings import NAMESPACE, Settings
 
 

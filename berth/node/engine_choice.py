@@ -1,6 +1,6 @@
 """Which engine serves this model on this node (the node's hardware, probed): the first thing
-prepare_files does when the workflow has not chosen one (and the select_engine activity of older
-workflow histories).
+prepare_files does when the workflow has not chosen one. The API's /v1/engines report reads a
+model's format and size through it too.
 
 It runs before the files are fetched, so a remote model's format comes from its name (a URL, a
 named hub file), from the node's cache, or from the hub repo's file list (one listing, no
@@ -11,20 +11,18 @@ import asyncio
 import os
 from pathlib import Path
 
-from temporalio import activity
-
-from berth.activities.failures import failure_error
-from berth.activities.model_source import local_model_format, model_source, wanted_format
-from berth.activities.hardware import probe_hardware
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import HubReference, LocalReference, UrlReference
-from berth.domain.pipeline import SELECT_ENGINE, EngineChoice, SelectEngineInput
+from berth.domain.pipeline import EngineChoice
 from berth.engines.selection import SelectionRefused, select_engine as choose
 from berth.models.fetch import cached_format
 from berth.models.hub import HubError, list_hub_repo
 from berth.models.hub_selection import select_hub_files
-from berth.presets import Preset, missing_model_message, preset_for
+from berth.models.presets import Preset, missing_model_message, preset_for
+from berth.node.failures import failure_error
+from berth.node.hardware import probe_hardware
+from berth.node.model_source import local_model_format, model_source, wanted_format
 from berth.settings import Settings
 
 
@@ -84,22 +82,17 @@ def model_bytes_of(reference: str) -> int | None:
     return None
 
 
-@activity.defn(name=SELECT_ENGINE)
-async def select_engine(request: SelectEngineInput) -> EngineChoice:
-    """A step of its own in histories from before the select-with-files patch (prepare_files chooses
-    the engine since)."""
-    return await choose_engine(request)
-
-
-async def choose_engine(request: SelectEngineInput) -> EngineChoice:
-    model_format = await format_for_selection(request.model, request.override)
+async def choose_engine(model: str, override: str = "auto") -> EngineChoice:
+    """The engine for `model` here, with `override` ("auto": by its format and this node's hardware);
+    a refusal is ENGINE_UNAVAILABLE (MODEL_LOADING_FAILURE for a missing file)."""
+    model_format = await format_for_selection(model, override)
     hardware = await asyncio.to_thread(probe_hardware)
     try:
-        selection = choose(model_format, hardware, request.override, model_bytes_of(request.model))
+        selection = choose(model_format, hardware, override, model_bytes_of(model))
     except SelectionRefused as refused:
-        path = Path(request.model).expanduser()
-        if not path.exists() and not request.model.startswith(("http://", "https://", "hf:")):
+        path = Path(model).expanduser()
+        if not path.exists() and not model.startswith(("http://", "https://", "hf:")):
             # a missing file says more than "unknown format"
-            raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(request.model)) from None
+            raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(model)) from None
         raise failure_error(ErrorCode.ENGINE_UNAVAILABLE, str(refused)) from None
     return EngineChoice(engine=selection.engine, reasons=selection.reasons)

@@ -1,17 +1,17 @@
 """What a deployment's `model` names on this node, and which format an engine wants: shared by
-the engine's choice (berth.activities.selection, before anything is fetched) and prepare_files.
+the engine's choice (berth.node.engine_choice, before anything is fetched) and prepare_files.
 Light on purpose: the API imports it (through the selection, for GET /v1/engines) and must not
 load the GGUF reader or the downloaders.
 """
 
 from pathlib import Path
 
-from berth.activities.failures import failure_error
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import BadModelReference, ModelReference, parse_model_reference
 from berth.engines.registry import ENGINES
-from berth.presets import Preset, preset_for
+from berth.models.presets import Preset, preset_for
+from berth.node.failures import failure_error
 
 
 def local_model_format(path: Path) -> str | None:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 
 
 class EngineRecord(BaseModel):

@@ -14,8 +14,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from berth.activities.model_facts import read_model_facts
 from berth.domain.model_facts import ModelFacts
+from berth.models.facts import read_model_facts
 
 MAX_ENTRIES = 64
 

@@ -12,8 +12,8 @@ A preset name is also the deployment's name (each is a DNS label). Two kinds:
   reference (berth.models.fetch). These need internet on the node the first time.
 
 A name is a preset only where no file or folder of that name exists: a path always wins.
-Resolution happens on the node, in prepare_files (berth.activities.files); selection only needs
-the preset's format (berth.activities.selection). Everything here is pure except `preset_for`
+Resolution happens on the node, in prepare_files (berth.node.model_files); selection only needs
+the preset's format (berth.node.engine_choice). Everything here is pure except `preset_for`
 (one stat) and `assemble_packaged` (writes the model file).
 """
 

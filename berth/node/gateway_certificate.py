@@ -8,7 +8,7 @@ certificate. berth's gateway speaks plain HTTP, so this certificate is never sho
 only spares Traefik that work.
 
 It is made once per BERTH_HOME (an ECDSA P-256 key, self-signed) by a short-lived process
-(`python -m berth.activities.gateway_certificate PATH`), started as the worker starts, at the lowest
+(`python -m berth.node.gateway_certificate PATH`), started as the worker starts, at the lowest
 CPU priority so that `berth up` is not slower for it: the `cryptography` package would otherwise
 stay in the worker's memory for good (~19 MB). The PEM text goes into the gateway's dynamic config
 itself rather than as a path, so Traefik reads it wherever its routes folder is mounted (compose).
@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from berth.atomic_write import write_atomically
+from berth.common.atomic_write import write_atomically
 from berth.settings import Settings
 
 CERTIFICATE_FILE = "gateway-default-certificate.pem"  # certificate then key, mode 0600
@@ -99,7 +99,7 @@ def certificate_pem(common_name: str = "berth gateway") -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m berth.activities.gateway_certificate PATH", file=sys.stderr)
+        print("usage: python -m berth.node.gateway_certificate PATH", file=sys.stderr)
         return 2
     os.nice(LOWEST_PRIORITY)  # made while berth starts: the pieces a user waits for come first
     write_atomically(Path(argv[0]), certificate_pem())  # a temp file from mkstemp: mode 0600

@@ -11,7 +11,6 @@ deployment, so its result is cached for CACHE_SECONDS.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import platform
@@ -22,11 +21,9 @@ import time
 
 import psutil
 import pynvml
-from temporalio import activity
 
-from berth.activities.container_runtime import docker_configured
 from berth.domain.hardware import AppleSilicon, Gpu, Hardware
-from berth.domain.pipeline import PROBE_HARDWARE
+from berth.node.container_runtime import docker_configured
 
 CACHE_SECONDS = 5.0
 DOCKER_PING_TIMEOUT_S = 1
@@ -52,11 +49,6 @@ def clear_hardware_cache() -> None:
     global _cached
     with _lock:
         _cached = None
-
-
-@activity.defn(name=PROBE_HARDWARE)
-async def probe_hardware_activity() -> Hardware:
-    return await asyncio.to_thread(probe_hardware)
 
 
 def _probe() -> Hardware:

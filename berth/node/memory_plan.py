@@ -1,25 +1,21 @@
-"""plan_resources: will the model fit on this node's memory, and with which context size?
+"""Will the model fit on this node's memory, and with which context size?
 
-Runs on the node's queue after prepare_files (it reads the model's headers there) and before the
-launch: a model that cannot fit fails here, as OOM with the largest context size that fits, and
-nothing is launched. The arithmetic is `berth.domain.memory`; this activity only gathers the facts.
+prepare_files asks once the files are in place (it reads the model's headers) and before the
+launch: a model that cannot fit fails there, as OOM with the largest context size that fits, and
+nothing is launched. The arithmetic is `berth.domain.memory`; this module only gathers the facts.
 """
 
-import asyncio
 import logging
 import os
 import re
 
-from temporalio import activity
-
-from berth.activities.failures import failure_error
-from berth.activities.hardware import probe_hardware
-from berth.activities.model_facts import ModelFilesUnreadable
-from berth.activities.model_facts_cache import cached_model_facts
 from berth.domain.errors import ErrorCode
-from berth.domain.memory import plan_resources as plan
 from berth.domain.memory import ResourcePlan
-from berth.domain.pipeline import PLAN_RESOURCES, PlanRequest
+from berth.domain.memory import plan_resources as plan
+from berth.models.facts import ModelFilesUnreadable
+from berth.node.failures import failure_error
+from berth.node.hardware import probe_hardware
+from berth.node.model_facts_cache import cached_model_facts
 
 
 log = logging.getLogger(__name__)
@@ -41,22 +37,22 @@ def memory_limit() -> int | None:
     return parse_bytes(raw) if raw else None
 
 
-def plan_for(request: PlanRequest) -> ResourcePlan | None:
+def plan_for(model_path: str, engine: str, context_size: int | None = None) -> ResourcePlan | None:
     """The plan, or the failure to raise (OOM). Blocking: call in a thread.
 
     None when the model's header cannot be read: then there is nothing to estimate, and the
     engine itself is the authority on what is wrong with the file (its own log line is the
     evidence the user gets, classified as MODEL_LOADING_FAILURE)."""
     try:
-        facts = cached_model_facts(request.model_path)
+        facts = cached_model_facts(model_path)
     except (ModelFilesUnreadable, OSError) as unreadable:
-        log.info("no memory plan for %s: %s", request.model_path, unreadable)
+        log.info("no memory plan for %s: %s", model_path, unreadable)
         return None
     try:
         limit = memory_limit()
     except ValueError as bad:
         raise failure_error(ErrorCode.RUNTIME_ERROR, f"{MEMORY_LIMIT_ENV} on this node: {bad}") from None
-    result = plan(facts, request.engine, probe_hardware(), request.context_size, limit)
+    result = plan(facts, engine, probe_hardware(), context_size, limit)
     if not result.fits:
         raise failure_error(
             ErrorCode.OOM,
@@ -65,8 +61,3 @@ def plan_for(request: PlanRequest) -> ResourcePlan | None:
             suggested_context_size=result.suggested_context_size,
         )
     return result
-
-
-@activity.defn(name=PLAN_RESOURCES)
-async def plan_resources(request: PlanRequest) -> ResourcePlan | None:
-    return await asyncio.to_thread(plan_for, request)
