@@ -12,6 +12,7 @@ container (container_runtime); the record remembers which, and everything after 
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from berth.activities.logs import log_path
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LAUNCH_ENGINE, STOP_ENGINE, EngineHandle, LaunchRequest, StopRequest
 from berth.engines.base import ContainerSpec
+from berth.engines.engine_args import spec_refusal
 from berth.engines.registry import get_engine
 from berth.settings import Settings
 
@@ -66,6 +68,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
             record = record.model_copy(update={"run_id": run_id})
             records.put(record)
         return handle_of(record)  # a retried launch: the engine is already running
+    refuse_unsafe(request)
     engine = get_engine(request.engine)
     if engine.runtime() == "container":
         # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
@@ -97,6 +100,18 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
     )
     records.put(record)
     return handle_of(record)
+
+
+def refuse_unsafe(request: LaunchRequest) -> None:
+    """The node's own check of what the spec asks it to run (the API checked it too, but a workflow
+    started from the Temporal CLI skips the API): before anything starts, under this node's
+    BERTH_ALLOW_UNSAFE_ENV / BERTH_ALLOW_UNSAFE_ENGINE_ARGS. ENGINE_UNAVAILABLE: the engine cannot
+    be started with this spec here, and the same spec again would not change that (FAILED)."""
+    refusal = spec_refusal(request.engine, request.engine_args, request.env, os.environ)
+    if refusal:
+        raise failure_error(
+            ErrorCode.ENGINE_UNAVAILABLE, f"this node refuses to start {request.engine} with this spec: {refusal}"
+        )
 
 
 def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec, run_id: str = "") -> EngineRecord:

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from collections import deque
 from datetime import timedelta
@@ -42,6 +43,7 @@ from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
+from berth.engines.engine_args import spec_refusal
 from berth.engines.registry import ENGINES
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.temporal_connection import connect
@@ -129,6 +131,14 @@ class DeploymentLogs(BaseModel):
     offset: int = Field(description="byte offset after the last line: pass it back to read only newer lines")
 
 
+def refuse_unsafe(spec: DeploymentSpec) -> None:
+    """BadRequest naming each env variable and engine flag that the node would refuse to run, under
+    this API's BERTH_ALLOW_UNSAFE_ENV / BERTH_ALLOW_UNSAFE_ENGINE_ARGS (the node checks again)."""
+    refusal = spec_refusal(spec.engine, spec.engine_args, spec.env, os.environ)
+    if refusal:
+        raise BadRequest(refusal)
+
+
 def describe_problem(error: dict, field: str) -> str:
     """'field: what is wrong (got X)' for one pydantic error, in words that say what to change."""
     kind = error.get("type", "")
@@ -180,6 +190,7 @@ class Deployments:
     async def deploy(self, spec: DeploymentSpec) -> DeploymentState:
         """Start `deployment-<name>`. Conflict while a deployment of that name runs and is not
         STOPPED; a STOPPED (closed) one is replaced by a new run."""
+        refuse_unsafe(spec)
         client = await self.client()
         for _ in range(2):
             try:
@@ -346,7 +357,7 @@ class Deployments:
             raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
         state = await self.get(name)
         try:
-            state.spec.patched(patch)
+            refuse_unsafe(state.spec.patched(patch))
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
         try:
