@@ -199,6 +199,44 @@ async def test_bad_spec_is_a_400_naming_the_field_and_creates_nothing(stack, api
     await assert_nothing_created(stack, client, spec["name"], routes_before)
 
 
+UNSAFE_SPECS = [
+    pytest.param({"env": {"LD_PRELOAD": "/tmp/evil.so"}}, ["LD_PRELOAD", "BERTH_ALLOW_UNSAFE_ENV"], id="ld-preload"),
+    pytest.param({"env": {"PYTHONPATH": "/tmp"}}, ["PYTHONPATH"], id="pythonpath"),
+    pytest.param({"env": {"A": "x\u0000y"}}, ["NUL"], id="nul-value"),
+    pytest.param({"engine_args": ["--host", "0.0.0.0"]}, ["--host", "berth sets it"], id="host"),
+    pytest.param({"engine": "llamacpp", "engine_args": ["--port", "1"]}, ["--port"], id="port"),
+    pytest.param({"engine": "llamacpp", "engine_args": ["-c", "99"]}, ["-c", "context_size"], id="ctx"),
+    pytest.param({"engine": "llamacpp", "engine_args": ["--lora", "/x"]}, ["--lora"], id="lora"),
+    pytest.param({"engine": "vllm", "engine_args": ["--trust-remote-code"]},
+                 ["--trust-remote-code", "BERTH_ALLOW_UNSAFE_ENGINE_ARGS"], id="remote-code"),
+    pytest.param({"engine": "llamacpp", "engine_args": ["--frobnicate"]}, ["--frobnicate", "--parallel"], id="unknown"),
+    pytest.param({"engine": "llamacpp", "engine_args": ["--parallel", "two"]}, ["--parallel", "'two'"], id="value"),
+]
+
+
+@pytest.mark.parametrize("change, words", UNSAFE_SPECS)
+async def test_a_spec_that_could_run_code_on_the_node_is_a_400_naming_it(stack, api, client, tiny_gguf, name, change, words):
+    routes_before = routed(stack.settings.routes_dir)
+    spec = {"name": name, "model": str(tiny_gguf), **change}
+    assert_error(api.post("/v1/deployments", json=spec), 400, "invalid_request", *words)
+    await assert_nothing_created(stack, client, name, routes_before)
+
+
+async def test_a_retry_patch_that_could_run_code_is_a_400_before_signalling(stack, api, tiny_gguf, name):
+    api.post("/v1/deployments", json={"name": name, "model": str(tiny_gguf)})
+    before = wait_for_api_status(api, name, FINAL)
+    assert before["status"] == "DEPLOYED", before["error"]
+    for patch, word in (
+        ({"env": {"LD_PRELOAD": "/tmp/evil.so"}}, "LD_PRELOAD"),
+        ({"engine_args": ["--host", "0.0.0.0"]}, "--host"),
+    ):
+        assert_error(api.post(f"/v1/deployments/{name}/retry", json=patch), 400, "invalid_request", word)
+    after = api.get(f"/v1/deployments/{name}").json()
+    assert after["rejected_patch"] is None and after["pid"] == before["pid"]
+    api.post(f"/v1/deployments/{name}/stop")
+    wait_for_api_status(api, name, {"STOPPED"})
+
+
 async def test_malformed_bodies_are_refused(stack, api, client, name):
     routes_before = routed(stack.settings.routes_dir)
     json_headers = {"Content-Type": "application/json"}

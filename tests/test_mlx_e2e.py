@@ -56,8 +56,8 @@ def test_the_command():
                       context_size=4096, engine_args=["--max-tokens", "64"], env={"A": "b"})
     )
     assert command.argv == [
-        sys.executable, "-m", "mlx_lm.server", "--model", "/models/tiny",
-        "--host", "127.0.0.1", "--port", "20001", "--max-tokens", "64",
+        sys.executable, "-m", "mlx_lm.server", "--max-tokens", "64",
+        "--model", "/models/tiny", "--host", "127.0.0.1", "--port", "20001",  # berth's last: they win
     ]
     assert command.env == {"PYTHONUNBUFFERED": "1", "A": "b", "HF_HUB_OFFLINE": "1"}
 

@@ -23,6 +23,7 @@ from berth.domain.diagnostics import classify_log
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LaunchRequest, ReadyRequest
 from berth.engines.base import Readiness
+from berth.engines.flags import EngineArgsError
 from berth.engines.registry import get_engine
 from berth.engines.vllm import VllmEngine
 from berth.settings import Settings
@@ -78,12 +79,12 @@ def test_the_exact_container_request(fake_docker, model_dir, tmp_path):
     body = create.body
     assert body["Image"] == IMAGE
     assert body["Cmd"] == [
+        "--gpu-memory-utilization", "0.9",
+        "--dtype", "float16",  # the user's, checked; then berth's own, which win
         "--model", "/models/Qwen2.5-0.5B-Instruct",
         "--port", "20001",
-        "--max-model-len", "8192",
-        "--gpu-memory-utilization", "0.9",
         "--served-model-name", "qwen",
-        "--dtype", "float16",
+        "--max-model-len", "8192",
     ]
     host = body["HostConfig"]
     assert host["DeviceRequests"] == [
@@ -120,17 +121,18 @@ def test_gpu_ids_and_a_hub_model(fake_docker, tmp_path):
     assert body["HostConfig"]["DeviceRequests"] == [
         {"Driver": "", "Count": 0, "DeviceIDs": ["0", "2"], "Capabilities": [["gpu"]], "Options": {}}
     ]
-    assert body["Cmd"][:2] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
+    assert body["Cmd"][2:4] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
     assert "--max-model-len" not in body["Cmd"]
     assert body["HostConfig"]["Binds"] == [f"{tmp_path / 'hf-cache'}:/root/.cache/huggingface:rw"]
     assert body["Env"] == ["VLLM_LOGGING_LEVEL=DEBUG"]  # host GPU numbers are Docker's business
 
 
-def test_engine_args_override_the_defaults():
-    args = VllmEngine().server_args(
-        request("m", engine_args=["--gpu-memory-utilization=0.5", "--served-model-name", "x"]), "m"
-    )
-    assert args == ["--model", "m", "--port", "20001", "--gpu-memory-utilization=0.5", "--served-model-name", "x"]
+def test_engine_args_override_berths_defaults_never_its_own_flags():
+    args = VllmEngine().server_args(request("m", engine_args=["--gpu-memory-utilization=0.5", "--seed", "3"]), "m")
+    assert args == ["--gpu-memory-utilization", "0.5", "--seed", "3",
+                    "--model", "m", "--port", "20001", "--served-model-name", "qwen"]
+    with pytest.raises(EngineArgsError, match="--served-model-name"):
+        VllmEngine().server_args(request("m", engine_args=["--served-model-name", "x"]), "m")
 
 
 def test_native_vllm_is_a_plain_process(monkeypatch):
@@ -138,9 +140,9 @@ def test_native_vllm_is_a_plain_process(monkeypatch):
     engine = VllmEngine()
     assert engine.runtime() == "process"
     argv = engine.command(request("/m", context_size=4096)).argv
-    assert argv[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
-    assert argv[5:] == ["--model", "/m", "--port", "20001", "--max-model-len", "4096",
-                        "--gpu-memory-utilization", "0.9", "--served-model-name", "qwen"]
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[3:] == ["--gpu-memory-utilization", "0.9", "--model", "/m", "--port", "20001",
+                        "--served-model-name", "qwen", "--max-model-len", "4096", "--host", "127.0.0.1"]
     monkeypatch.delenv("BERTH_VLLM_RUNTIME")
     assert engine.runtime() == ("process" if _vllm_importable() else "container")
 

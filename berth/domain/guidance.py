@@ -151,7 +151,8 @@ def _engine_unavailable(facts: GuidanceFacts) -> str:
     return (
         f"No engine on this node can serve {_the_model(facts)}{forced}. Check the model's format "
         "(GGUF for llama.cpp, safetensors for vLLM and MLX) and any engine override: vLLM needs Linux "
-        "with an NVIDIA GPU and MLX needs a Mac with Apple silicon."
+        "with an NVIDIA GPU and MLX needs a Mac with Apple silicon. Where the message names an env "
+        "variable or engine flag, the node refuses it: remove it."
     )
 
 

@@ -4,8 +4,10 @@ import os
 import shutil
 import sys
 
+from berth.domain.env_policy import ALLOW_UNSAFE_ENGINE_ARGS, operator_allows
 from berth.domain.pipeline import LaunchRequest
 from berth.engines.base import Engine, LaunchCommand, engine_threads
+from berth.engines.llamacpp_flags import TABLE
 
 
 def llama_server_binary() -> str | None:
@@ -20,15 +22,15 @@ class LlamaCppEngine(Engine):
     def command(self, request: LaunchRequest) -> LaunchCommand:
         binary = llama_server_binary()
         program = [binary] if binary else [sys.executable, "-m", "berth.engines.xllamacpp_server"]
-        threads = str(engine_threads())
-        argv = [
-            *program,
+        # the user's flags (checked, spelled canonically), then berth's: berth's win
+        user = TABLE.canonical(request.engine_args, operator_allows(os.environ, ALLOW_UNSAFE_ENGINE_ARGS))
+        defaults = [] if "--threads" in user else ["--threads", str(engine_threads())]
+        owned = [
             "--model", request.model_path,
             "--host", "127.0.0.1",
             "--port", str(request.port),
-            "--threads", threads,
             "--alias", request.deployment,
         ]
         if request.context_size:
-            argv += ["--ctx-size", str(request.context_size)]
-        return LaunchCommand(argv=[*argv, *request.engine_args], env=dict(request.env))
+            owned += ["--ctx-size", str(request.context_size)]
+        return LaunchCommand(argv=[*program, *defaults, *user, *owned], env=dict(request.env))

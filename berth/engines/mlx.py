@@ -11,15 +11,18 @@ It has no context-size option: the KV cache grows with the request, so context_s
 """
 
 import importlib.util
+import os
 import re
 import sys
 
 import httpx
 
 from berth.domain.diagnostics import LogPattern
+from berth.domain.env_policy import ALLOW_UNSAFE_ENGINE_ARGS, operator_allows
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LaunchRequest
 from berth.engines.base import Engine, HttpProbe, LaunchCommand, Readiness
+from berth.engines.mlx_flags import TABLE
 
 PROBE_PATH = "/v1/completions"  # a plain completion: needs no chat template
 PROBE_BODY = {"prompt": "hi", "max_tokens": 1, "temperature": 0.0}
@@ -48,16 +51,13 @@ class MlxEngine(Engine):
     )
 
     def command(self, request: LaunchRequest) -> LaunchCommand:
-        argv = [
-            sys.executable, "-m", "mlx_lm.server",
-            "--model", request.model_path,
-            "--host", "127.0.0.1",
-            "--port", str(request.port),
-        ]
+        # the user's flags (checked, spelled canonically), then berth's: berth's win
+        user = TABLE.canonical(request.engine_args, operator_allows(os.environ, ALLOW_UNSAFE_ENGINE_ARGS))
+        owned = ["--model", request.model_path, "--host", "127.0.0.1", "--port", str(request.port)]
         env = {"PYTHONUNBUFFERED": "1", **request.env}
         if request.model_path.startswith("/"):  # a local folder: never ask the Hugging Face Hub
             env.setdefault("HF_HUB_OFFLINE", "1")
-        return LaunchCommand(argv=[*argv, *request.engine_args], env=env)
+        return LaunchCommand(argv=[sys.executable, "-m", "mlx_lm.server", *user, *owned], env=env)
 
     async def probe(self, client: HttpProbe, base_url: str, after_ready: bool = False) -> Readiness:
         """Refused: starting. /health 503: the generation thread died. Then one real token: an

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from berth.domain.diagnostics import LogPattern
+from berth.domain.env_policy import ALLOW_UNSAFE_ENGINE_ARGS, operator_allows
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import LaunchRequest
 from berth.engines.base import (
@@ -32,6 +33,7 @@ from berth.engines.base import (
     container_name,
     instance_labels,
 )
+from berth.engines.vllm_flags import TABLE
 
 DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 DEFAULT_GPU_MEMORY_UTILIZATION = "0.9"
@@ -51,10 +53,6 @@ def hf_cache_dir() -> Path:
 
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
-
-
-def _has_flag(args: list[str], flag: str) -> bool:
-    return any(arg == flag or arg.startswith(flag + "=") for arg in args)
 
 
 class VllmEngine(Engine):
@@ -83,20 +81,22 @@ class VllmEngine(Engine):
         return "process" if vllm_installed() else "container"
 
     def server_args(self, request: LaunchRequest, model: str) -> list[str]:
-        """The arguments of vLLM's OpenAI server, the same natively and in the image."""
-        args = ["--model", model, "--port", str(request.port)]
+        """The arguments of vLLM's OpenAI server, the same natively and in the image: berth's
+        defaults, the user's flags (checked, spelled canonically), then berth's own: berth's win."""
+        user = TABLE.canonical(request.engine_args, operator_allows(os.environ, ALLOW_UNSAFE_ENGINE_ARGS))
+        defaults = [] if "--gpu-memory-utilization" in user else [
+            "--gpu-memory-utilization", DEFAULT_GPU_MEMORY_UTILIZATION
+        ]
+        owned = ["--model", model, "--port", str(request.port), "--served-model-name", request.deployment]
         if request.context_size:
-            args += ["--max-model-len", str(request.context_size)]
-        if not _has_flag(request.engine_args, "--gpu-memory-utilization"):
-            args += ["--gpu-memory-utilization", DEFAULT_GPU_MEMORY_UTILIZATION]
-        if not _has_flag(request.engine_args, "--served-model-name"):
-            args += ["--served-model-name", request.deployment]
-        return [*args, *request.engine_args]
+            owned += ["--max-model-len", str(request.context_size)]
+        return [*defaults, *user, *owned]
 
     def command(self, request: LaunchRequest) -> LaunchCommand:
         """Native: `python -m vllm.entrypoints.openai.api_server` (what `vllm serve` runs)."""
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
-        return LaunchCommand(argv=[*argv, *self.server_args(request, request.model_path)], env=dict(request.env))
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+        args = self.server_args(request, request.model_path)
+        return LaunchCommand(argv=[*argv, *args, "--host", "127.0.0.1"], env=dict(request.env))
 
     def container_request(self, request: LaunchRequest) -> ContainerSpec:
         env = dict(request.env)

@@ -1,9 +1,11 @@
 """Run llama.cpp's HTTP server in-process via xllamacpp, which has no CLI.
 
     python -m berth.engines.xllamacpp_server --model PATH --host 127.0.0.1 \\
-        --port P --ctx-size N --threads T [--alias NAME]
+        --port P --ctx-size N [--alias NAME] [--threads T --parallel N ...]
 
-The flags mirror llama-server's, so one argv works for both. The process
+The flags mirror llama-server's, so one argv works for both: berth's own, and every flag of
+berth.engines.llamacpp_flags (the table that berth checks engine_args against), each set on its
+CommonParams attribute. Anything else exits 2, with the reason. The process
 serves until SIGTERM/SIGINT and then exits 0. If the model cannot be loaded
 it exits 1 after llama.cpp's own error lines (all on stderr) and one line of
 ours, so a supervisor sees the process die and can classify the failure from
@@ -36,6 +38,9 @@ import time
 
 import xllamacpp
 
+from berth.engines.flags import EngineArgsError, Given
+from berth.engines.llamacpp_flags import ENUMS, TABLE
+
 PREFIX = "berth launcher:"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -46,28 +51,91 @@ def log(message: str) -> None:
     print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m berth.engines.xllamacpp_server",
-        description="Serve a GGUF model with llama.cpp's HTTP server (via xllamacpp).",
-    )
-    parser.add_argument("-m", "--model", required=True, help="path to the .gguf file")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (0 = from model)")
-    parser.add_argument("-t", "--threads", type=int, default=-1, help="CPU threads (-1 = llama.cpp default)")
-    parser.add_argument("--alias", help="model name reported by the API (default: file name)")
-    return parser.parse_args(argv)
+# berth's own flags (llama-server's spellings); the last occurrence wins, and berth puts its own last
+OWNED = {"-m": "model", "--model": "model", "--host": "host", "--port": "port", "-c": "ctx_size",
+         "--ctx-size": "ctx_size", "-a": "alias", "--alias": "alias"}
+USAGE = (
+    "usage: python -m berth.engines.xllamacpp_server --model PATH [--host H] [--port P] [--ctx-size N] "
+    "[--alias NAME] [llama-server flags of berth.engines.llamacpp_flags]"
+)
 
 
-def build_params(args: argparse.Namespace) -> xllamacpp.CommonParams:
+class LauncherArgs(argparse.Namespace):
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ctx_size: int = 0  # 0: from the model
+    alias: str | None = None
+    flags: list[Given]
+
+
+def parse_args(argv: list[str] | None = None) -> LauncherArgs:
+    """berth's flags, and the rest through the llama.cpp flag table (what berth accepts is exactly
+    what this launcher maps). A bad argv exits 2 with the reason, as argparse does."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest, i = LauncherArgs(), [], 0
+    try:
+        while i < len(argv):
+            token = argv[i]
+            name, inline = (token.split("=", 1) + [None])[:2] if token.startswith("--") else (token, None)
+            if name in OWNED:
+                if inline is None:
+                    if i + 1 >= len(argv):
+                        raise EngineArgsError(f"{name} needs a value")
+                    inline, i = argv[i + 1], i + 1
+                setattr(args, OWNED[name], int(inline) if OWNED[name] in ("port", "ctx_size") else inline)
+            else:
+                rest.append(token)
+            i += 1
+        if not getattr(args, "model", None):
+            raise EngineArgsError("--model is required")
+        args.flags = TABLE.parse(rest, allow_unsafe=True)
+    except (EngineArgsError, ValueError) as bad:
+        print(f"{USAGE}\n{PREFIX} error: {bad}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    return args
+
+
+def param_value(given: Given, current: object) -> object:
+    """The CommonParams value for one accepted flag."""
+    flag = given.flag
+    if flag.kind == "bool":
+        return (not given.negated) != flag.target.startswith("!")
+    if flag.kind == "choice":
+        enum_type, members = ENUMS[flag.target]
+        return getattr(getattr(xllamacpp, enum_type), members[str(given.value)])
+    if flag.kind == "floats":
+        shares = [float(part) for part in str(given.value).split(",")]
+        size = len(current) if isinstance(current, list) else len(shares)
+        return (shares + [0.0] * size)[:size]
+    if flag.kind == "float":
+        return float(str(given.value))
+    if flag.kind == "int":
+        number = int(str(given.value))
+        return xllamacpp.LLAMA_DEFAULT_SEED if flag.target == "sampling.seed" and number < 0 else number
+    return given.value
+
+
+def set_param(params: xllamacpp.CommonParams, path: str, given: Given) -> None:
+    *parents, attribute = path.lstrip("!").split(".")
+    owner = params
+    for parent in parents:
+        owner = getattr(owner, parent)
+    setattr(owner, attribute, param_value(given, getattr(owner, attribute)))
+
+
+def build_params(args: LauncherArgs) -> xllamacpp.CommonParams:
     params = xllamacpp.CommonParams()
     params.model.path = args.model
     params.hostnames = [args.host]
     params.port = args.port
     params.n_ctx = args.ctx_size
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
+    targets = set()
+    for given in args.flags:
+        set_param(params, given.flag.target, given)
+        targets.add(given.flag.target)
+    if "cpuparams_batch.n_threads" not in targets:  # as llama-server: --threads-batch defaults to --threads
+        params.cpuparams_batch.n_threads = params.cpuparams.n_threads
     if args.alias:
         params.model_alias = {args.alias}
     return params

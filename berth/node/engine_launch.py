@@ -11,6 +11,7 @@ container (container_runtime); the record remembers which, and everything after 
 """
 
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import EngineHandle, LaunchRequest
 from berth.engines.base import ContainerSpec
+from berth.engines.engine_args import spec_refusal
 from berth.engines.registry import get_engine
 from berth.node import container_runtime, process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
@@ -63,6 +65,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
             record = record.model_copy(update={"run_id": run_id})
             records.put(record)
         return handle_of(record)  # a retried launch: the engine is already running
+    refuse_unsafe(request)
     engine = get_engine(request.engine)
     if engine.runtime() == "container":
         # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
@@ -94,6 +97,18 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
     )
     records.put(record)
     return handle_of(record)
+
+
+def refuse_unsafe(request: LaunchRequest) -> None:
+    """The node's own check of what the spec asks it to run (the API checked it too, but a workflow
+    started from the Temporal CLI skips the API): before anything starts, under this node's
+    BERTH_ALLOW_UNSAFE_ENV / BERTH_ALLOW_UNSAFE_ENGINE_ARGS. ENGINE_UNAVAILABLE: the engine cannot
+    be started with this spec here, and the same spec again would not change that (FAILED)."""
+    refusal = spec_refusal(request.engine, request.engine_args, request.env, os.environ)
+    if refusal:
+        raise failure_error(
+            ErrorCode.ENGINE_UNAVAILABLE, f"this node refuses to start {request.engine} with this spec: {refusal}"
+        )
 
 
 def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec, run_id: str = "") -> EngineRecord:

@@ -9,6 +9,7 @@ errors.py, which the API turns into status codes.
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
+from berth.engines.engine_args import spec_refusal
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.common.temporal_connection import connect
 from berth.workflows.deployment import BERTH_MODEL, BERTH_STATUS, DeploymentInput
@@ -37,6 +39,14 @@ from berth.workflows.deployment import BERTH_MODEL, BERTH_STATUS, DeploymentInpu
 QUERY_TIMEOUT = timedelta(seconds=10)
 # A workflow that has torn down (STOPPED) but not yet returned is done within moments.
 CLOSING_WAIT_S = 10.0
+
+
+def refuse_unsafe(spec: DeploymentSpec) -> None:
+    """BadRequest naming each env variable and engine flag that the node would refuse to run, under
+    this API's BERTH_ALLOW_UNSAFE_ENV / BERTH_ALLOW_UNSAFE_ENGINE_ARGS (the node checks again)."""
+    refusal = spec_refusal(spec.engine, spec.engine_args, spec.env, os.environ)
+    if refusal:
+        raise BadRequest(refusal)
 
 
 class Deployments:
@@ -67,6 +77,7 @@ class Deployments:
     async def deploy(self, spec: DeploymentSpec) -> DeploymentState:
         """Start `deployment-<name>`. Conflict while a deployment of that name runs and is not
         STOPPED; a STOPPED (closed) one is replaced by a new run."""
+        refuse_unsafe(spec)
         client = await self.client()
         for _ in range(2):
             try:
@@ -178,7 +189,7 @@ class Deployments:
             raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
         state = await self.get(name)
         try:
-            state.spec.patched(patch)
+            refuse_unsafe(state.spec.patched(patch))
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
         try:
