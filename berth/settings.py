@@ -43,6 +43,11 @@ class Settings:
     gateway_port: int
     api_port: int
     port_range: tuple[int, int]
+    # Prometheus endpoints (0: off): the worker's Temporal SDK metrics, the Temporal dev server's,
+    # Traefik's metrics entry point (berth.worker.prometheus_config lists them all for Prometheus)
+    worker_metrics_port: int
+    temporal_metrics_port: int
+    gateway_metrics_port: int
 
     temporal_address: str
     gateway_url: str
@@ -62,6 +67,9 @@ class Settings:
             gateway_port=gateway_port,
             api_port=api_port,
             port_range=_port_range(env.get("BERTH_PORT_RANGE", "20000-20999")),
+            worker_metrics_port=_int_env(env, "BERTH_WORKER_METRICS_PORT", 9464),
+            temporal_metrics_port=_int_env(env, "BERTH_TEMPORAL_METRICS_PORT", 7235),
+            gateway_metrics_port=_int_env(env, "BERTH_GATEWAY_METRICS_PORT", 8082),
             # a cluster elsewhere (docker-compose): where Temporal and the gateway really are
             temporal_address=env.get("BERTH_TEMPORAL_ADDRESS") or f"127.0.0.1:{temporal_port}",
             gateway_url=env.get("BERTH_GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}",
@@ -88,6 +96,15 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        """prometheus.yml, the API token it scrapes with, and engines/: one targets file per engine."""
+        return self.home / "prometheus"
+
+    @property
+    def engine_targets_dir(self) -> Path:
+        return self.prometheus_dir / "engines"
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.routes_dir, self.logs_dir, self.run_dir, self.models_dir):

@@ -70,6 +70,9 @@ class Engine(ABC):
     name: str
     formats: frozenset[str]  # model formats it serves: "gguf", "safetensors"
     health_path: str = "/health"  # what berth's probes ask (await_ready, supervise)
+    # where the engine serves Prometheus metrics on its port (None: it does not); the node lists it
+    # for Prometheus while it serves (berth.node.engine_targets)
+    metrics_path: str | None = None
     log_patterns: tuple[LogPattern, ...] = ()  # failure lines only this engine prints
 
     @abstractmethod

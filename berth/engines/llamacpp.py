@@ -18,6 +18,7 @@ def llama_server_binary() -> str | None:
 class LlamaCppEngine(Engine):
     name = "llamacpp"
     formats = frozenset({"gguf"})
+    metrics_path = "/metrics"  # served because berth passes --metrics
 
     def command(self, request: LaunchRequest) -> LaunchCommand:
         binary = llama_server_binary()
@@ -30,6 +31,7 @@ class LlamaCppEngine(Engine):
             "--host", "127.0.0.1",
             "--port", str(request.port),
             "--alias", request.deployment,
+            "--metrics",  # Prometheus at /metrics (llamacpp:* series), scraped by the job `engines`
         ]
         if request.context_size:
             owned += ["--ctx-size", str(request.context_size)]

@@ -58,6 +58,7 @@ def vllm_installed() -> bool:
 class VllmEngine(Engine):
     name = "vllm"
     formats = frozenset({"safetensors"})
+    metrics_path = "/metrics"  # vLLM's OpenAI server always serves it (vllm:* series)
     log_patterns = (
         LogPattern(
             ErrorCode.CUDA_ERROR,

@@ -12,7 +12,9 @@ import time
 
 from temporalio import activity
 
+from berth.domain.metric_names import DOWNLOAD_BYTES, DOWNLOAD_SECONDS
 from berth.domain.state import DownloadProgress
+from berth.node import metrics
 from berth.domain.temporal_names import DOWNLOAD_PROGRESS_SIGNAL
 
 SIGNAL_EVERY_S = 1.0
@@ -39,6 +41,7 @@ class ProgressReporter:
     async def run(self, work):
         """Await `work`, heartbeating every second (listing a repo, hashing a partial file...)."""
         task = asyncio.ensure_future(work)
+        started = time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
@@ -54,7 +57,17 @@ class ProgressReporter:
                 pass
             raise
         finally:
+            self._record_download(time.monotonic() - started)
             await self._flush()
+
+    def _record_download(self, seconds: float) -> None:
+        """A download that moved bytes (none reported: the files were in the cache): its bytes
+        (those of an earlier, interrupted attempt not counted again) and its time."""
+        if self.latest is None:
+            return
+        node = _node_id()
+        metrics.record(DOWNLOAD_BYTES, max(0, self.latest.bytes_done - self.latest.resumed_from), node=node)
+        metrics.record(DOWNLOAD_SECONDS, seconds, node=node)
 
     def _worth_signalling(self, progress: DownloadProgress) -> bool:
         if self._signal is not None and not self._signal.done():
@@ -89,3 +102,9 @@ class ProgressReporter:
 def _ignore_failure(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()  # progress is best effort: a lost signal only delays the figure
+
+
+def _node_id() -> str:
+    from berth.settings import Settings
+
+    return Settings.from_env().node_id

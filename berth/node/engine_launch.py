@@ -23,6 +23,7 @@ from berth.engines.engine_args import spec_refusal
 from berth.engines.registry import get_engine
 from berth.node import container_runtime, process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.engine_targets import remove_target
 from berth.node.engine_watch import record_alive
 from berth.node.failures import failure_error
 from berth.node.logs import log_path
@@ -179,6 +180,7 @@ def stop_instance(
             except container_runtime.DockerUnavailable:
                 pass
     records.remove(instance_id)
+    remove_target(records.run_dir.parent, instance_id)  # run_dir is $BERTH_HOME/run
 
 
 def stop_all_for_node_shutdown(settings: Settings) -> int:
@@ -188,6 +190,7 @@ def stop_all_for_node_shutdown(settings: Settings) -> int:
     stopped = 0
     for record in records.all():
         records.mark_stopped_by_shutdown(record.instance_id)
+        remove_target(settings.home, record.instance_id)  # listed again when supervise resumes
         if record.runtime == "container":
             try:
                 stopped += record_alive(record)

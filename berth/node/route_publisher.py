@@ -22,6 +22,8 @@ import time
 import weakref
 from pathlib import Path
 
+from berth.domain.metric_names import ROUTES
+from berth.node import metrics
 from berth.node.route_table import Route, RouteTable
 
 GAP_PER_ROUTE_S = 0.0015
@@ -67,6 +69,7 @@ class RoutePublisher:
             finally:
                 self._last_write = time.monotonic()
             self._gap_s = routes * GAP_PER_ROUTE_S
+            metrics.record(ROUTES, routes, node=node_id())
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -84,3 +87,9 @@ def route_publisher(routes_dir: Path) -> RoutePublisher:
     if routes_dir not in publishers:
         publishers[routes_dir] = RoutePublisher(RouteTable(routes_dir))
     return publishers[routes_dir]
+
+
+def node_id() -> str:
+    from berth.settings import Settings
+
+    return Settings.from_env().node_id

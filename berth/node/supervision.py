@@ -4,6 +4,7 @@ unhealthy, with the evidence; it heartbeats so that a dead worker is noticed and
 resumes on the next worker of this node, re-adopting the same engine.
 """
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -11,7 +12,10 @@ from collections.abc import Callable
 from berth.domain.pipeline import EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
-from berth.node.engine_records import EngineRecords
+from berth.domain.metric_names import CRASH_DETECT
+from berth.node import metrics
+from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.engine_targets import write_target
 from berth.node.engine_watch import EngineView, HeldExitWatch
 from berth.node.probe_client import probe_client
 from berth.settings import Settings
@@ -32,8 +36,12 @@ async def watch_engine(handle: EngineHandle, heartbeat: Callable[[float], None])
     base_url = f"http://127.0.0.1:{handle.port}"
     since = time.time()
     failed_probes: list[Readiness] = []
-    records = EngineRecords(Settings.from_env().run_dir)
-    watch = HeldExitWatch.open(EngineView.of(handle, records).record)  # None: ask the view each time
+    settings = Settings.from_env()
+    records = EngineRecords(settings.run_dir)
+    first = EngineView.of(handle, records)
+    watch = HeldExitWatch.open(first.record)  # None: ask the view each time
+    if first.record is not None and engine.metrics_path:
+        write_target(settings.home, handle.deployment, handle.instance_id, settings.node_id, engine.name, handle.port)
     try:
         while True:
             view = EngineView.of(handle, records)  # read again: a shutdown or another launch shows there
@@ -41,7 +49,9 @@ async def watch_engine(handle: EngineHandle, heartbeat: Callable[[float], None])
             if view.stopped_by_shutdown:
                 return EngineOutcome(node_shutdown=True, served_s=served_s)
             if not view.alive(watch):
-                return EngineOutcome(failure=view.exit_failure(), served_s=served_s)
+                failure = view.exit_failure()
+                _record_detection(view.record, settings.node_id)
+                return EngineOutcome(failure=failure, served_s=served_s)
             readiness = await engine.probe(probe_client(), base_url, after_ready=True)
             if readiness is Readiness.READY:
                 failed_probes.clear()
@@ -56,6 +66,18 @@ async def watch_engine(handle: EngineHandle, heartbeat: Callable[[float], None])
     finally:
         if watch:
             watch.close()
+
+
+def _record_detection(record: EngineRecord | None, node: str) -> None:
+    """How long after the engine's process ended supervise reports it: from the exit file the
+    engine's wrapper writes when it ends (processes only; a container's end is not timed)."""
+    if record is None or not record.exit_file:
+        return
+    try:
+        ended = os.stat(record.exit_file).st_mtime
+    except OSError:
+        return
+    metrics.record(CRASH_DETECT, max(0.0, time.time() - ended), node=node, engine=record.engine)
 
 
 def next_look_in_s() -> float:

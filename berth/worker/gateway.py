@@ -19,8 +19,11 @@ def traefik_binary() -> str:
     return found
 
 
+METRICS_ENTRY_POINT = "metrics"
+
+
 def static_config(settings: Settings) -> dict:
-    return {
+    config = {
         "entryPoints": {"web": {"address": f"127.0.0.1:{settings.gateway_port}"}},
         # Traefik applies provider changes at most once per throttle period (2 s by default).
         "providers": {
@@ -31,6 +34,23 @@ def static_config(settings: Settings) -> dict:
         "log": {"level": "ERROR"},
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
     }
+    if settings.gateway_metrics_port:
+        # Prometheus at http://127.0.0.1:<port>/metrics, an entry point of its own (never the
+        # gateway's web one, which the world may reach): per service (one per deployment,
+        # `<name>@file`) requests by code, latency, retries. No `traefik_service_server_up`:
+        # Traefik exports it only for a service with an active healthCheck, and berth's routes
+        # have none (its own supervise probes the engines).
+        config["entryPoints"][METRICS_ENTRY_POINT] = {"address": f"127.0.0.1:{settings.gateway_metrics_port}"}
+        config["metrics"] = {
+            "prometheus": {
+                "entryPoint": METRICS_ENTRY_POINT,
+                "addServicesLabels": True,
+                "addRoutersLabels": False,
+                "addEntryPointsLabels": True,
+                "buckets": [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+            }
+        }
+    return config
 
 
 def write_static_config(settings: Settings) -> Path:

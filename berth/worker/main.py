@@ -27,6 +27,7 @@ from berth.node.routes import adopt_route_files, write_gateway_config
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
 from berth.worker.fault_injection import KillWorkerInterceptor
+from berth.worker.metrics_runtime import worker_runtime
 from berth.worker.open_files import raise_open_files_limit
 from berth.worker.reconcile import Reconciler
 from berth.worker.takeover import take_over_from_dead_workers
@@ -69,12 +70,12 @@ def reconcile_interval_s() -> float:
     return float(os.environ.get("BERTH_RECONCILE_INTERVAL_S") or 30)
 
 
-async def connect_with_retry(settings: Settings, stop: asyncio.Event, timeout_s: float = 60):
+async def connect_with_retry(settings: Settings, stop: asyncio.Event, timeout_s: float = 60, runtime=None):
     """Temporal may still be opening its port (berth up starts everything at once): keep trying."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
-            return await connect(settings)
+            return await connect(settings, runtime)
         except RuntimeError:
             if stop.is_set() or asyncio.get_running_loop().time() > deadline:
                 raise
@@ -87,7 +88,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     adopted = adopt_route_files(settings)
     if adopted:
         logging.info("routes of %d deployment(s) moved from their own files into the route table", len(adopted))
-    client = await connect_with_retry(settings, stop)
+    client = await connect_with_retry(settings, stop, runtime=worker_runtime(settings))
     if client is None:
         return
     control = Worker(

@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from berth.domain.metric_names import ROUTES
 from berth.domain.spec import NAME_PATTERN
 from berth.domain.state import DeploymentState
 from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
 from berth.node import process_runtime
 from berth.node.engine_launch import stop_instance
+from berth.node import metrics
+from berth.node.engine_targets import prune_targets
 from berth.node.engine_records import EngineRecord, EngineRecords
 from berth.node.ports import registry
 from berth.node.route_publisher import route_publisher
@@ -183,6 +186,9 @@ class Reconciler:
             if await owned(record.deployment, record.instance_id) is False:
                 await asyncio.to_thread(stop_instance, self.records, record.instance_id)
                 report.engines_stopped.append(record.instance_id)
+        await asyncio.to_thread(
+            prune_targets, self.settings.home, {r.instance_id for r in records} - set(report.engines_stopped)
+        )
         for process in await asyncio.to_thread(self._unrecorded_engines):
             instance_id = process_runtime.instance_of(process) or ""
             if await owned(_deployment_of(instance_id), instance_id) is False:
@@ -192,7 +198,9 @@ class Reconciler:
             if await owned(_deployment_of(instance_id), instance_id) is False:
                 await asyncio.to_thread(self.ports.release, instance_id)
                 report.ports_released.append(instance_id)
-        for deployment in sorted(await asyncio.to_thread(self.routes.deployments)):
+        routes = await asyncio.to_thread(self.routes.deployments)
+        metrics.record(ROUTES, len(routes), node=self.settings.node_id)
+        for deployment in sorted(routes):
             if not NAME_PATTERN.match(deployment) or deployment in running:
                 continue  # not a deployment's name (put there by hand), or a running deployment's route
             if await fresh(deployment) == set():  # no running deployment of that name

@@ -26,6 +26,7 @@ from berth.api.server import api_ready, api_url
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
 from berth.worker.processes import ManagedProcess
+from berth.worker.prometheus_config import write_prometheus_config
 from berth.worker.temporal_server import temporal_answers, temporal_argv, temporal_env
 from berth.worker.worker_ready import worker_ready
 
@@ -54,6 +55,7 @@ class Stack:
         self.api = ManagedProcess("api", [sys.executable, "-m", "berth.api.server"], logs / "api.log")
         self.processes = [self.temporal, self.gateway, self.worker, self.api]
         self._restart_times: dict[str, list[float]] = {}
+        self.prometheus_config = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -64,6 +66,7 @@ class Stack:
         started = time.monotonic()
         self._check_ports_free()
         ensure_api_token(self.settings)  # before the API starts: it serves with this token
+        self.prometheus_config = write_prometheus_config(self.settings)
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers
         await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
@@ -79,7 +82,12 @@ class Stack:
             ("the Temporal UI (BERTH_UI_PORT)", self.settings.ui_port),
             ("the gateway (BERTH_GATEWAY_PORT)", self.settings.gateway_port),
             ("the berth API (BERTH_API_PORT)", self.settings.api_port),
+            ("the worker's metrics (BERTH_WORKER_METRICS_PORT)", self.settings.worker_metrics_port),
+            ("Temporal's metrics (BERTH_TEMPORAL_METRICS_PORT)", self.settings.temporal_metrics_port),
+            ("the gateway's metrics (BERTH_GATEWAY_METRICS_PORT)", self.settings.gateway_metrics_port),
         ):
+            if not port:  # 0: that endpoint is off
+                continue
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -111,6 +119,7 @@ class Stack:
             f"  Temporal UI  http://127.0.0.1:{s.ui_port}\n"
             f"  Temporal     {s.temporal_address} (namespace {NAMESPACE}, task queues "
             f"{CONTROL_TASK_QUEUE} and {s.node_queue})\n"
+            f"  Prometheus   prometheus --config.file={self.prometheus_config}\n"
             f"  home         {s.home}\n"
             "Ctrl-C stops berth and its engines; deployments come back on the next `berth up`."
         )

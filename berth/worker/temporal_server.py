@@ -98,6 +98,8 @@ def temporal_argv(settings: Settings) -> list[str]:
         "--ui-port", str(settings.ui_port),
         "--log-level", "error",
     ]
+    if settings.temporal_metrics_port:  # Prometheus: http://127.0.0.1:<port>/metrics
+        argv += ["--metrics-port", str(settings.temporal_metrics_port)]
     for name in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{name}=Keyword"]
     for key, value in (QUEUE_READER_RATES | SEARCH_ATTRIBUTE_CACHE).items():

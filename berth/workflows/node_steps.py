@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from berth.domain.spec import DeploymentSpec
     from berth.domain.state import InstanceState
+    from berth.domain.ui_details import launch_summary, step_summary
     from berth.settings import node_task_queue
 
 from berth.workflows import activity_options as options
@@ -66,7 +67,7 @@ class NodeSteps:
 
     async def allocate_port(self) -> int:
         request = PortRequest(instance_id=self.instance.instance_id)
-        return await self._step(ALLOCATE_PORT, request, int, **options.QUICK)
+        return await self._step(ALLOCATE_PORT, request, int, self._on_node("allocate a port"), **options.QUICK)
 
     async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool) -> PreparedModel:
         """The files in place, the engine chosen before them (PreparedModel.choice) and the memory
@@ -75,11 +76,13 @@ class NodeSteps:
             deployment=spec.name, model=spec.model, engine=None, choose_engine=True, override=spec.engine,
             may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size,
         )
-        return await self._step(PREPARE_FILES, request, PreparedModel, **options.PREPARE_FILES)
+        summary = self._on_node(f"prepare the files of {spec.model[:200]}")
+        return await self._step(PREPARE_FILES, request, PreparedModel, summary, **options.PREPARE_FILES)
 
     async def configure_route(self, spec: DeploymentSpec, engine: str) -> str:
         request = RouteRequest(deployment=spec.name, port=self.instance.port, engine=engine, public=spec.public)
-        return await self._step(CONFIGURE_ROUTE, request, str, **options.QUICK)
+        summary = self._on_node(f"route /models/{spec.name}/ to", self.instance.port)
+        return await self._step(CONFIGURE_ROUTE, request, str, summary, **options.QUICK)
 
     async def launch(
         self, spec: DeploymentSpec, engine: str, model_path: str, context_size: int | None
@@ -94,18 +97,25 @@ class NodeSteps:
             engine_args=spec.engine_args,
             env=spec.env,
         )
-        return await self._step(LAUNCH_ENGINE, request, EngineHandle, **options.QUICK)
+        summary = launch_summary(engine, self.instance.node, self.instance.port)
+        return await self._step(LAUNCH_ENGINE, request, EngineHandle, summary, **options.QUICK)
 
     async def await_ready(self, handle: EngineHandle, startup_timeout_s: float) -> EngineOutcome:
         request = ReadyRequest(handle=handle, startup_timeout_s=startup_timeout_s)
-        return await self._step(AWAIT_READY, request, EngineOutcome, **options.await_ready(startup_timeout_s))
+        summary = self._on_node(f"wait until {handle.engine} serves", handle.port)
+        return await self._step(AWAIT_READY, request, EngineOutcome, summary, **options.await_ready(startup_timeout_s))
 
     async def supervise(self, handle: EngineHandle) -> EngineOutcome:
-        return await self._step(SUPERVISE, handle, EngineOutcome, **options.SUPERVISE)
+        summary = self._on_node(f"supervise {handle.engine}", handle.port)
+        return await self._step(SUPERVISE, handle, EngineOutcome, summary, **options.SUPERVISE)
 
-    async def _step(self, activity: str, arg: Any, result_type: type, **activity_options: Any) -> Any:
+    def _on_node(self, what: str, port: int | None = None) -> str:
+        """The activity's summary in the Temporal UI (berth.domain.ui_details)."""
+        return step_summary(what, self.instance.node, port)
+
+    async def _step(self, activity: str, arg: Any, result_type: type, summary: str, **activity_options: Any) -> Any:
         result = await workflow.execute_activity(
-            activity, arg, task_queue=self.queue, result_type=result_type, **activity_options
+            activity, arg, task_queue=self.queue, result_type=result_type, summary=summary, **activity_options
         )
         if self._interrupted():
             raise asyncio.CancelledError()
@@ -115,14 +125,20 @@ class NodeSteps:
 
     async def stop_engine(self) -> None:
         request = StopRequest(instance_id=self.instance.instance_id)
-        await workflow.execute_activity(STOP_ENGINE, request, task_queue=self.queue, **options.TEARDOWN)
+        await workflow.execute_activity(
+            STOP_ENGINE, request, task_queue=self.queue, summary=self._on_node("stop the engine"), **options.TEARDOWN
+        )
 
     async def remove_route(self, deployment: str) -> None:
-        await workflow.execute_activity(REMOVE_ROUTE, deployment, task_queue=self.queue, **options.TEARDOWN)
+        await workflow.execute_activity(
+            REMOVE_ROUTE, deployment, task_queue=self.queue, summary=self._on_node("remove the route"), **options.TEARDOWN
+        )
 
     async def release_port(self) -> None:
         request = PortRequest(instance_id=self.instance.instance_id)
-        await workflow.execute_activity(RELEASE_PORT, request, task_queue=self.queue, **options.TEARDOWN)
+        await workflow.execute_activity(
+            RELEASE_PORT, request, task_queue=self.queue, summary=self._on_node("release the port"), **options.TEARDOWN
+        )
 
 
 async def together(*steps):

@@ -1,7 +1,14 @@
 """The deployment workflow's bookkeeping: what the `state` query answers and the search attributes
 say. Transitions, instance statuses, the engine's choice, the prepared files, the last error.
 Deterministic: times come from `workflow.now()`.
+
+At each transition it also updates what the Temporal UI shows (the current details, Markdown:
+berth.domain.ui_details) and berth's metrics that the workflow knows best (failures and restarts by
+code, the time to DEPLOYED: berth.domain.metric_names), through `workflow.metric_meter()`, which
+records nothing during replay; neither adds a command to the history.
 """
+
+from datetime import datetime
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -10,10 +17,12 @@ from temporalio.common import SearchAttributeKey
 with workflow.unsafe.imports_passed_through():
     from berth.domain.errors import Failure
     from berth.domain.guidance import GuidanceFacts, guidance_for
+    from berth.domain.metric_names import FAILURES, RESTARTS, TIME_TO_DEPLOYED, MetricName
     from berth.domain.pipeline import EngineChoice, PreparedModel
     from berth.domain.state import DeploymentError, DeploymentState, Transition
     from berth.domain.status import DeploymentStatus, InstanceStatus
     from berth.domain.temporal_names import ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE, STATUS_ATTRIBUTE
+    from berth.domain.ui_details import current_details
 
 BERTH_STATUS = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 BERTH_ENGINE = SearchAttributeKey.for_keyword(ENGINE_ATTRIBUTE)
@@ -29,15 +38,44 @@ class StateKeeper:
 
     def __init__(self, state: DeploymentState) -> None:
         self.state = state
+        self._pass_started: datetime | None = None  # the request (restart, retry) DEPLOYED is timed from
+        self._instruments: dict[str, object] = {}
 
     def transition(self, status: DeploymentStatus, detail: str) -> None:
-        """The deployment's status changes: recorded (the last MAX_TRANSITIONS kept) and searchable."""
+        """The deployment's status changes: recorded (the last MAX_TRANSITIONS kept), searchable,
+        shown in the Temporal UI and counted."""
+        previous = self.state.status
         self.state.status = status
         self.state.transitions.append(Transition(at=workflow.now(), status=status, detail=detail))
         del self.state.transitions[:-MAX_TRANSITIONS]
         if status in _INSTANCE_SHARES:
             self.set_instance(InstanceStatus(status.value))
         self.upsert_search_attributes()
+        self._measure(previous, status)
+        workflow.set_current_details(current_details(self.state))
+
+    def _measure(self, previous: DeploymentStatus, status: DeploymentStatus) -> None:
+        engine = self.state.engine or "none"
+        starts_over = previous not in (DeploymentStatus.REQUESTED, DeploymentStatus.DEPLOYING)
+        if status is DeploymentStatus.REQUESTED or (
+            status is DeploymentStatus.DEPLOYING and (starts_over or self._pass_started is None)
+        ):
+            self._pass_started = workflow.now()
+        elif status is DeploymentStatus.DEPLOYED and self._pass_started is not None:
+            took = (workflow.now() - self._pass_started).total_seconds()
+            self._instrument(TIME_TO_DEPLOYED).record(took, {"engine": engine})
+            self._pass_started = None
+        elif status is DeploymentStatus.ERROR and self.state.error is not None:
+            self._instrument(RESTARTS).add(1, {"code": self.state.error.code.value, "engine": engine})
+
+    def _instrument(self, metric: MetricName):
+        if metric.name not in self._instruments:
+            meter = workflow.metric_meter()
+            if metric.kind == "counter":
+                self._instruments[metric.name] = meter.create_counter(metric.sdk_name, metric.help)
+            else:
+                self._instruments[metric.name] = meter.create_histogram_float(metric.sdk_name, metric.help)
+        return self._instruments[metric.name]
 
     def set_instance(self, status: InstanceStatus) -> None:
         for instance in self.state.instances:
@@ -66,6 +104,7 @@ class StateKeeper:
             suggested_context_size=failure.suggested_context_size,
             at=workflow.now(),
         )
+        self._instrument(FAILURES).add(1, {"code": failure.code.value, "engine": self.state.engine or "none"})
 
     def reject_patch(self, invalid: ValidationError | None) -> None:
         """A retry's spec patch: why it was refused, or None once one is accepted."""

@@ -24,12 +24,14 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from berth.api.facade.counts import DeploymentCounts
 from berth.api.facade.errors import BadRequest, Conflict, NotFound, Unavailable, rpc_error, validation_message
 from berth.api.facade.listing import DEFAULT_PAGE_SIZE, DeploymentListing, DeploymentPage, deployment_name
 from berth.api.facade.logs import MAX_TAIL, DeploymentLogs, marked_logs, read_log
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
+from berth.domain.ui_details import static_details, static_summary
 from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
 from berth.engines.engine_args import spec_refusal
 from berth.settings import CONTROL_TASK_QUEUE, Settings
@@ -57,6 +59,7 @@ class Deployments:
         self._client = client
         self._connecting = asyncio.Lock()
         self._listing = DeploymentListing()
+        self._counts = DeploymentCounts()
 
     async def client(self) -> Client:
         """The Temporal client, connected on first use (the API may start before Temporal)."""
@@ -89,6 +92,9 @@ class Deployments:
                     # a closed run (stopped) may be followed by a new one; a running one may not
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    # what the Temporal UI shows without a query (the workflow keeps the details current)
+                    static_summary=static_summary(spec),
+                    static_details=static_details(spec),
                     # listed at once, before the workflow's first step upserts the same
                     search_attributes=TypedSearchAttributes(
                         [
@@ -137,6 +143,11 @@ class Deployments:
     ) -> DeploymentPage:
         """One page of the deployments (berth.api.facade.listing)."""
         return await self._listing.page(await self.client(), status, page_size, page_token)
+
+    async def counts(self) -> tuple[dict[tuple[str, str], int], float]:
+        """Running deployments per (status, engine), from visibility counts (berth.api.facade.counts),
+        and the seconds the counting took."""
+        return await self._counts.counts(await self.client())
 
     async def get(self, name: str) -> DeploymentState:
         """The deployment's whole state (the workflow's `state` query)."""

@@ -1,0 +1,49 @@
+"""GET /metrics: berth's own gauges in Prometheus's text format, with the API token as a bearer
+(prometheus.yml's job `berth-api` reads it from a file). What the API can count cheaply from
+Temporal's visibility store (berth.api.facade.counts); the counters and histograms of events
+(failures, restarts, time to DEPLOYED, crash detection, downloads, routes) are the worker's, at its
+own endpoint (docs/observability.md says why)."""
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+from temporalio.service import RPCError
+
+from berth.api.dependencies import deployments, require_token
+from berth.api.errors import ERROR_RESPONSES, ApiError
+from berth.api.facade import Deployments
+from berth.domain.metric_names import DEPLOYMENTS, SCRAPE_SECONDS, MetricName
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)], responses={401: ERROR_RESPONSES[401]})
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="berth's metrics for Prometheus (text format 0.0.4)",
+    responses={200: {"content": {"text/plain": {}}}, 503: ERROR_RESPONSES[503]},
+)
+async def metrics(request: Request, facade: Deployments = Depends(deployments)) -> PlainTextResponse:
+    """`berth_deployments{status, engine}`: running deployments, counted in Temporal's visibility
+    store (it trails the workflows by about a second); `berth_metrics_scrape_seconds`: how long
+    those counts took. 503 while Temporal does not answer (the target shows down)."""
+    try:
+        counts, took = await facade.counts()
+    except RPCError as error:
+        raise ApiError(503, "unavailable", f"Temporal did not answer the counts: {error.message}") from None
+    lines = _header(DEPLOYMENTS)
+    lines += [
+        f'{DEPLOYMENTS.name}{{status="{_escape(status)}",engine="{_escape(engine)}"}} {count}'
+        for (status, engine), count in sorted(counts.items())
+    ]
+    lines += _header(SCRAPE_SECONDS) + [f"{SCRAPE_SECONDS.name} {took:.6f}"]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type=CONTENT_TYPE)
+
+
+def _header(metric: MetricName) -> list[str]:
+    return [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
