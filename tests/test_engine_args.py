@@ -132,7 +132,7 @@ def test_llamacpp_puts_berths_flags_last_and_a_user_threads_replaces_berths_defa
     argv = LlamaCppEngine().command(request("llamacpp", ["-np", "2", "-t", "1"], context_size=512)).argv
     assert argv == ["/usr/bin/llama-server", "--parallel", "2", "--threads", "1",
                     "--model", "/models/m.gguf", "--host", "127.0.0.1", "--port", "20001",
-                    "--alias", "d", "--ctx-size", "512"]
+                    "--alias", "d", "--metrics", "--ctx-size", "512"]
     assert LlamaCppEngine().command(request("llamacpp", [])).argv[1] == "--threads"  # berth's default
     with pytest.raises(EngineArgsError, match="--host"):
         LlamaCppEngine().command(request("llamacpp", ["--host", "0.0.0.0"]))

@@ -145,7 +145,22 @@ def test_temporal_metadata_shows_a_failed_deployment(observed):
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "on llama.cpp" in text or "garbage.gguf" in text  # the static summary: model and engine
-    assert "FAILED" in text
-    assert "MODEL_LOADING_FAILURE" in text or "error `" in text
-    assert "what to do:" in text
+    assert "**FAILED** · llama.cpp" in text  # the current details, set at the transition
+    assert "error `MODEL_LOADING_FAILURE`" in text and "what to do: The engine could not load the model" in text
+    assert "| obs-broken-" in text and "| test-node | FAILED |" in text  # the instances
+    described = subprocess.run(
+        [temporal_binary(), "workflow", "describe", "-w", "deployment-obs-broken",
+         "--address", stack.settings.temporal_address],
+        capture_output=True, text=True, timeout=60,
+    ).stdout
+    assert "garbage.gguf on the engine berth chooses" in described  # the static summary: model, engine
+
+
+def test_metrics_needs_the_token(observed):
+    stack, _ = observed
+    with stack.api(token="wrong") as api:
+        assert api.get("/metrics").status_code == 401
+    with stack.api() as api:
+        answer = api.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'berth_deployments{status="FAILED",engine="llamacpp"} 1' in answer.text

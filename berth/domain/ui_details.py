@@ -12,7 +12,9 @@ MAX_INSTANCE_ROWS = 20
 
 
 def engine_name(engine: str | None) -> str:
-    return ENGINE_NAMES.get(engine or "", engine or "engine chosen at deploy")
+    if engine in (None, "", "auto"):
+        return "the engine berth chooses"
+    return ENGINE_NAMES.get(engine, engine)
 
 
 def static_summary(spec: DeploymentSpec) -> str:
