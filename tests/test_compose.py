@@ -61,6 +61,8 @@ DEFAULT_IS_RIGHT = {
     "BERTH_TEMPORAL_METRICS_PORT": "only `berth up`'s embedded dev server; compose's Temporal gets PROMETHEUS_ENDPOINT",
     "BERTH_GATEWAY_METRICS_PORT": "compose's Traefik takes it as a flag (default 8082, what Prometheus scrapes)",
     "BERTH_PROMETHEUS_SCRAPE_INTERVAL": "only the prometheus.yml `berth up` writes; compose's is deploy/prometheus/prometheus.yml",
+    "BERTH_ALLOW_UNSAFE_ENV": "off: env names that change how the engine loads code are refused (docs/security.md)",
+    "BERTH_ALLOW_UNSAFE_ENGINE_ARGS": "off: engine flags that load code from outside the model are refused",
 }
 # What each berth service must be told (its defaults would be wrong in a container).
 NEEDED = {
