@@ -11,7 +11,7 @@ from temporalio.service import RPCError
 from berth.api.dependencies import deployments, require_token
 from berth.api.errors import ERROR_RESPONSES, ApiError
 from berth.api.facade import Deployments
-from berth.domain.metric_names import DEPLOYMENTS, SCRAPE_SECONDS, MetricName
+from berth.domain.metric_names import COUNTS_AGE, COUNTS_SECONDS, DEPLOYMENTS, MetricName
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -26,18 +26,21 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)], resp
 )
 async def metrics(request: Request, facade: Deployments = Depends(deployments)) -> PlainTextResponse:
     """`berth_deployments{status, engine}`: running deployments, counted in Temporal's visibility
-    store (it trails the workflows by about a second); `berth_metrics_scrape_seconds`: how long
-    those counts took. 503 while Temporal does not answer (the target shows down)."""
+    store, as of the previous scrape (a new round of counts starts in the background: a scrape
+    never waits for them but the first; berth.api.facade.counts); `berth_metrics_counts_seconds`:
+    how long that round took; `berth_metrics_counts_age_seconds`: how old it is. 503 while Temporal
+    does not answer and no earlier round exists (the target shows down)."""
     try:
-        counts, took = await facade.counts()
+        counted = await facade.counts()
     except RPCError as error:
         raise ApiError(503, "unavailable", f"Temporal did not answer the counts: {error.message}") from None
     lines = _header(DEPLOYMENTS)
     lines += [
         f'{DEPLOYMENTS.name}{{status="{_escape(status)}",engine="{_escape(engine)}"}} {count}'
-        for (status, engine), count in sorted(counts.items())
+        for (status, engine), count in sorted(counted.counts.items())
     ]
-    lines += _header(SCRAPE_SECONDS) + [f"{SCRAPE_SECONDS.name} {took:.6f}"]
+    lines += _header(COUNTS_SECONDS) + [f"{COUNTS_SECONDS.name} {counted.took_s:.6f}"]
+    lines += _header(COUNTS_AGE) + [f"{COUNTS_AGE.name} {counted.age_s:.6f}"]
     return PlainTextResponse("\n".join(lines) + "\n", media_type=CONTENT_TYPE)
 
 

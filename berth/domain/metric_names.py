@@ -26,8 +26,11 @@ class MetricName:
 DEPLOYMENTS = MetricName(
     "berth_deployments", "gauge", "running deployments by status and engine (visibility counts)", ("status", "engine")
 )
-SCRAPE_SECONDS = MetricName(
-    "berth_metrics_scrape_seconds", "gauge", "how long the visibility counts of this scrape took", ()
+COUNTS_SECONDS = MetricName(
+    "berth_metrics_counts_seconds", "gauge", "how long the last round of visibility counts took", ()
+)
+COUNTS_AGE = MetricName(
+    "berth_metrics_counts_age_seconds", "gauge", "how old the counts in berth_deployments are", ()
 )
 
 # ---- the worker's (the SDK's exporter, at BERTH_WORKER_METRICS_PORT) -----------------------------
@@ -58,7 +61,7 @@ DOWNLOAD_SECONDS = MetricName(
 ROUTES = MetricName("berth_routes", "gauge", "routes in this node's gateway route table", ("node",))
 
 WORKER_METRICS = (FAILURES, RESTARTS, TIME_TO_DEPLOYED, CRASH_DETECT, DOWNLOAD_BYTES, DOWNLOAD_SECONDS, ROUTES)
-API_METRICS = (DEPLOYMENTS, SCRAPE_SECONDS)
+API_METRICS = (DEPLOYMENTS, COUNTS_SECONDS, COUNTS_AGE)
 
 # histogram buckets (seconds), given to the exporter by name
 BUCKETS: dict[str, list[float]] = {

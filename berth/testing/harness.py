@@ -34,6 +34,7 @@ from berth.workflows.deployment import DeploymentInput
 # "address already in use"). Stack ports from one span, engine blocks from another.
 STACK_PORTS = (10000, 20000)
 ENGINE_PORT_BLOCKS = (22000, 32000)
+METRICS_PORTS = ("BERTH_WORKER_METRICS_PORT", "BERTH_TEMPORAL_METRICS_PORT", "BERTH_GATEWAY_METRICS_PORT")
 _handed_out: set[int] = set()  # never the same port twice in one test session
 
 
@@ -90,9 +91,9 @@ class RunningStack:
             "BERTH_UI_PORT": str(free_port()),
             "BERTH_GATEWAY_PORT": str(free_port()),
             "BERTH_API_PORT": str(free_port()),
-            "BERTH_WORKER_METRICS_PORT": str(free_port()),
-            "BERTH_TEMPORAL_METRICS_PORT": str(free_port()),
-            "BERTH_GATEWAY_METRICS_PORT": str(free_port()),
+            # metrics endpoints on free ports, unless the environment turns one off (0), e.g. to
+            # compare a benchmark with and without them
+            **{name: str(free_port()) for name in METRICS_PORTS if os.environ.get(name) != "0"},
             "BERTH_PORT_RANGE": free_port_block(),
             "BERTH_NODE_ID": "test-node",
             **(extra_env or {}),

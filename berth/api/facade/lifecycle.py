@@ -24,7 +24,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from berth.api.facade.counts import DeploymentCounts
+from berth.api.facade.counts import Counted, DeploymentCounts
 from berth.api.facade.errors import BadRequest, Conflict, NotFound, Unavailable, rpc_error, validation_message
 from berth.api.facade.listing import DEFAULT_PAGE_SIZE, DeploymentListing, DeploymentPage, deployment_name
 from berth.api.facade.logs import MAX_TAIL, DeploymentLogs, marked_logs, read_log
@@ -144,9 +144,8 @@ class Deployments:
         """One page of the deployments (berth.api.facade.listing)."""
         return await self._listing.page(await self.client(), status, page_size, page_token)
 
-    async def counts(self) -> tuple[dict[tuple[str, str], int], float]:
-        """Running deployments per (status, engine), from visibility counts (berth.api.facade.counts),
-        and the seconds the counting took."""
+    async def counts(self) -> Counted:
+        """Running deployments per (status, engine), from visibility counts (berth.api.facade.counts)."""
         return await self._counts.counts(await self.client())
 
     async def get(self, name: str) -> DeploymentState:
