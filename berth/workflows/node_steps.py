@@ -81,7 +81,7 @@ class NodeSteps:
 
     async def configure_route(self, spec: DeploymentSpec, engine: str) -> str:
         request = RouteRequest(deployment=spec.name, port=self.instance.port, engine=engine, public=spec.public)
-        summary = self._on_node(f"route /models/{spec.name}/ to", self.instance.port)
+        summary = self._on_node(f"route /models/{spec.name}/ to port {self.instance.port}")
         return await self._step(CONFIGURE_ROUTE, request, str, summary, **options.QUICK)
 
     async def launch(
