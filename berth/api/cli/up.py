@@ -81,7 +81,9 @@ def add(commands) -> None:
         "Start Temporal, the Traefik gateway, the berth worker and the REST API on loopback, with all "
         "state under $BERTH_HOME (default ~/.berth). The first run writes the API token to "
         "$BERTH_HOME/api-token (unless BERTH_API_TOKEN is set). Ctrl-C stops everything, engines "
-        "included; deployments that were DEPLOYED come back on the next `berth up`.",
+        "included; deployments that were DEPLOYED come back on the next `berth up`. It also writes "
+        "$BERTH_HOME/prometheus/prometheus.yml, a Prometheus config for every metrics endpoint, and "
+        "prints the command that runs it (docs/observability.md).",
         "BERTH_HOME=/tmp/berth berth up\nberth up --deploy gemma3-270m\n"
         "berth up --deploy ./models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
         run,
