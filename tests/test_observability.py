@@ -1,7 +1,9 @@
 """The pieces of observability that need no stack: the Temporal UI's texts, prometheus.yml, the
 engines' targets files, Traefik's metrics entry point, Temporal's metrics port, the metric names."""
 
+import asyncio
 import json
+import re
 import stat
 from datetime import datetime, timezone
 
@@ -161,3 +163,55 @@ def test_metric_names_are_prometheus_names():
         assert (metric.kind == "counter") == metric.name.endswith("_total")
     for name, buckets in BUCKETS.items():
         assert buckets == sorted(buckets) and name.endswith("_seconds")
+
+
+@pytest.fixture
+def worker_meter(tmp_path, monkeypatch):
+    """The worker's real Runtime and exporter, on a free port; the node's meter installed."""
+    from berth.node import metrics
+    from berth.testing.harness import free_port
+    from berth.worker.metrics_runtime import worker_runtime
+
+    port = free_port()
+    monkeypatch.setenv("BERTH_NODE_ID", "node-a")
+    runtime = worker_runtime(settings(tmp_path, BERTH_WORKER_METRICS_PORT=str(port)))
+    assert runtime is not None
+    yield f"http://127.0.0.1:{port}/metrics"
+    metrics.install(None)
+
+
+def scrape(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, timeout=5).text
+
+
+async def test_a_download_counts_its_bytes_and_time(worker_meter):
+    from berth.domain.state import DownloadProgress
+    from berth.node.download_progress import ProgressReporter
+
+    reporter = ProgressReporter()
+
+    async def download():
+        reporter(DownloadProgress(source="hf:o/r", bytes_done=1500, bytes_total=5000, resumed_from=500))
+        reporter(DownloadProgress(source="hf:o/r", bytes_done=5000, bytes_total=5000, resumed_from=500))
+
+    await reporter.run(download())
+    await ProgressReporter().run(asyncio.sleep(0))  # nothing reported: the cache had it, nothing counted
+    text = scrape(worker_meter)
+    assert re.search(r'^berth_download_bytes_total\{node="node-a"[^}]*\} 4500$', text, re.M), text
+    assert re.search(r'^berth_download_seconds_count\{node="node-a"[^}]*\} 1$', text, re.M), text
+
+
+def test_a_worker_whose_metrics_port_is_taken_serves_without(tmp_path, caplog):
+    import socket
+
+    from berth.worker.metrics_runtime import worker_runtime
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert worker_runtime(settings(tmp_path, BERTH_WORKER_METRICS_PORT=str(port))) is None
+    assert "no metrics" in caplog.text
+    assert worker_runtime(settings(tmp_path, BERTH_WORKER_METRICS_PORT="0")) is None
