@@ -15,6 +15,7 @@ from temporalio import activity
 from berth.domain.metric_names import DOWNLOAD_BYTES, DOWNLOAD_SECONDS
 from berth.domain.state import DownloadProgress
 from berth.node import metrics
+from berth.settings import Settings
 from berth.domain.temporal_names import DOWNLOAD_PROGRESS_SIGNAL
 
 SIGNAL_EVERY_S = 1.0
@@ -105,6 +106,4 @@ def _ignore_failure(task: asyncio.Task) -> None:
 
 
 def _node_id() -> str:
-    from berth.settings import Settings
-
     return Settings.from_env().node_id

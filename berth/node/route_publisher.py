@@ -25,6 +25,7 @@ from pathlib import Path
 from berth.domain.metric_names import ROUTES
 from berth.node import metrics
 from berth.node.route_table import Route, RouteTable
+from berth.settings import Settings
 
 GAP_PER_ROUTE_S = 0.0015
 
@@ -90,6 +91,4 @@ def route_publisher(routes_dir: Path) -> RoutePublisher:
 
 
 def node_id() -> str:
-    from berth.settings import Settings
-
     return Settings.from_env().node_id
