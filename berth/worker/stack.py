@@ -23,7 +23,7 @@ import time
 
 from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
 from berth.api.server import api_ready, api_url
-from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
+from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
 from berth.worker.processes import ManagedProcess
 from berth.worker.temporal_server import temporal_answers, temporal_argv, temporal_env
@@ -51,7 +51,10 @@ class Stack:
         self.worker = ManagedProcess(
             "worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log"
         )
-        self.api = ManagedProcess("api", [sys.executable, "-m", "berth.api.server"], logs / "api.log")
+        self.api = ManagedProcess(
+            "api", [sys.executable, "-m", "berth.api.server"], logs / "api.log",
+            {API_NODE_ENV: settings.node_id},  # beside this node: it checks model paths against its roots
+        )
         self.processes = [self.temporal, self.gateway, self.worker, self.api]
         self._restart_times: dict[str, list[float]] = {}
 

@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from berth.api.facade.errors import BadRequest, Conflict, NotFound, Unavailable, rpc_error, validation_message
 from berth.api.facade.listing import DEFAULT_PAGE_SIZE, DeploymentListing, DeploymentPage, deployment_name
 from berth.api.facade.logs import MAX_TAIL, DeploymentLogs, marked_logs, read_log
+from berth.api.facade.model_paths import refuse_outside_roots
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
@@ -78,6 +79,7 @@ class Deployments:
         """Start `deployment-<name>`. Conflict while a deployment of that name runs and is not
         STOPPED; a STOPPED (closed) one is replaced by a new run."""
         refuse_unsafe(spec)
+        refuse_outside_roots(spec, self.settings)
         client = await self.client()
         for _ in range(2):
             try:
@@ -189,7 +191,9 @@ class Deployments:
             raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
         state = await self.get(name)
         try:
-            refuse_unsafe(state.spec.patched(patch))
+            patched = state.spec.patched(patch)
+            refuse_unsafe(patched)
+            refuse_outside_roots(patched, self.settings)
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
         try:
