@@ -56,6 +56,8 @@ DEFAULT_IS_RIGHT = {
     "BERTH_VLLM_RUNTIME": "vLLM runs in Docker unless vllm is installed in the worker's image",
     "BERTH_FAULT_INJECTION": "tests only: must stay unset in production",
     "BERTH_WORKFLOW_SANDBOX": "off: the replay tests run every recorded history in the sandbox instead",
+    "BERTH_MODEL_ROOTS": "the worker sees only BERTH_DATA: local models go in $BERTH_DATA/models, always a root",
+    "BERTH_API_NODE": "set by `berth up` on its API; compose's API shares no files with the node, which checks model paths itself",
 }
 # What each berth service must be told (its defaults would be wrong in a container).
 NEEDED = {
