@@ -215,3 +215,16 @@ def test_an_engine_log_holds_the_argv_never_the_env_values(tmp_path):
     assert "=== berth: starting" in text and "--flag" in text and "engine up" in text
     assert secret not in text
     assert mode(log) == 0o600 and mode(log.parent) == 0o700
+
+
+def test_an_api_that_may_not_read_a_private_log_says_why(tmp_path, monkeypatch):
+    """The API of docker-compose runs as another user than the worker that writes the logs: a 503
+    that says why, not a 500. (Root reads any file, so the OS's refusal is played here.)"""
+    from berth.api.facade import Unavailable, logs as facade_logs
+
+    def refused(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(facade_logs, "open", refused, raising=False)
+    with pytest.raises(Unavailable, match="private to the node's user"):
+        facade_logs.read_log(str(tmp_path / "d.log"), 10, 0)
