@@ -41,6 +41,7 @@ DEFAULT_MODEL_ROOTS = (
     "/media",
     "/data",
     "/opt/models",
+    "/Volumes",  # macOS: external disks
 )
 
 
