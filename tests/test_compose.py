@@ -57,7 +57,7 @@ DEFAULT_IS_RIGHT = {
     "BERTH_FAULT_INJECTION": "tests only: must stay unset in production",
     "BERTH_WORKFLOW_SANDBOX": "off: the replay tests run every recorded history in the sandbox instead",
     "BERTH_MODEL_ROOTS": "the worker sees only BERTH_DATA: local models go in $BERTH_DATA/models, always a root",
-    "BERTH_API_NODE": "set by `berth up` on its API; compose's API shares no files with the node, which checks model paths itself",
+    "BERTH_API_NODE": "set by `berth up` on its API; compose's API shares no files with the node, which checks paths",
     "BERTH_ALLOW_UNSAFE_ENV": "off: env names that change how the engine loads code are refused (docs/security.md)",
     "BERTH_ALLOW_UNSAFE_ENGINE_ARGS": "off: engine flags that load code from outside the model are refused",
 }

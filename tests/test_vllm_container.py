@@ -134,7 +134,8 @@ def test_one_safetensors_file_mounts_its_folder_and_a_hub_snapshot_its_repo(fake
     snapshot = hub_cache / "models--org--tiny" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     for model, bind, served in [
-        (model_dir / "model.safetensors", f"{model_dir}:/models/Qwen2.5-0.5B-Instruct:ro", "/models/Qwen2.5-0.5B-Instruct"),
+        (model_dir / "model.safetensors", f"{model_dir}:/models/Qwen2.5-0.5B-Instruct:ro",
+         "/models/Qwen2.5-0.5B-Instruct"),
         # the snapshot's files are links to ../../blobs/<hash>: the repo's folder goes in whole
         (snapshot, f"{hub_cache / 'models--org--tiny'}:/models/models--org--tiny:ro",
          "/models/models--org--tiny/snapshots/0123abcd"),

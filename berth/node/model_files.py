@@ -20,11 +20,11 @@ from temporalio import activity
 
 from berth.domain.errors import ErrorCode
 from berth.domain.model_reference import LocalReference
+from berth.domain.model_roots import outside_roots
 from berth.domain.pipeline import PrepareFilesInput, PreparedModel
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.node.download_progress import ProgressReporter
 from berth.node.failures import failure_error
-from berth.domain.model_roots import outside_roots
 from berth.node.model_source import local_model_format, model_source, refuse_outside_roots, wanted_format
 from berth.models.presets import (
     Preset,
