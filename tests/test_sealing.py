@@ -179,3 +179,11 @@ def test_a_sealed_value_the_node_cannot_open_is_engine_unavailable(tmp_path, mon
         with_env_opened(settings, request)
     assert refused.value.type == "ENGINE_UNAVAILABLE" and refused.value.non_retryable
     assert "HF_TOKEN" in refused.value.message and SECRET not in refused.value.message
+
+
+def test_berth_status_prints_env_names_and_no_value():
+    from berth.api.cli_output import state_text
+
+    spec = DeploymentSpec(name="qwen", model="/m.gguf", env={"HF_TOKEN": SECRET, "A": "b"})
+    text = state_text(masked(DeploymentState(spec=spec)).model_dump(mode="json"))
+    assert "A, HF_TOKEN (values hidden)" in text and SECRET not in text
