@@ -5,6 +5,7 @@
   and not in clear in `temporal workflow show` of its workflow.
 - A spec started straight from the Temporal CLI with what the API refuses is refused by the
   workflow itself (FAILED, the variable named) before any step runs on the node.
+- A sealed value the node cannot open is FAILED, naming the variable; no engine starts.
 """
 
 import base64
@@ -14,11 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from berth.common.sealing import SEALED_PREFIX
+from berth.common.sealing import SEALED_PREFIX, SealingKey
+from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import ALLOCATE_PORT, LAUNCH_ENGINE, PREPARE_FILES
-from berth.domain.temporal_names import WORKFLOW_TYPE, workflow_id
+from berth.domain.spec import DeploymentSpec
+from berth.domain.status import DeploymentStatus
+from berth.domain.temporal_names import STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
 from berth.settings import CONTROL_TASK_QUEUE
-from berth.testing.harness import engine_processes, wait_for_api_status
+from berth.testing.harness import engine_processes, start_deployment, wait_for_api_status, wait_for_status
 from berth.worker.temporal_server import temporal_binary
 
 
@@ -151,3 +155,16 @@ async def test_the_workflow_refuses_a_spec_started_from_the_temporal_cli(stack, 
     assert not scheduled_activities(history(stack, name)) & {PREPARE_FILES, ALLOCATE_PORT, LAUNCH_ENGINE}
     api.post(f"/v1/deployments/{name}/stop")
     wait_for_api_status(api, name, {"STOPPED"})
+
+
+async def test_a_sealed_value_the_node_cannot_open_fails_the_deployment(stack, client, tiny_gguf, name):
+    """Sealed under another key (another API's, or a key changed since): FAILED at launch, naming
+    the variable and the key this node needs; no engine starts, not even without the variable."""
+    sealed = SealingKey("another-api-s-key-" + "z" * 30).seal(name, "HF_TOKEN", "hf_never_opened")
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), env={"HF_TOKEN": sealed}))
+    state = await wait_for_status(client, name, {DeploymentStatus.FAILED, DeploymentStatus.DEPLOYED}, timeout_s=60)
+    assert state.status is DeploymentStatus.FAILED and state.error.code is ErrorCode.ENGINE_UNAVAILABLE
+    assert "HF_TOKEN" in state.error.message and "another secret key" in state.error.message
+    assert "BERTH_SECRET_KEY" in state.error.message
+    assert not engine_processes(stack.home, name)
+    await client.get_workflow_handle(workflow_id(name)).signal(STOP_SIGNAL)
