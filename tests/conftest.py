@@ -1,7 +1,6 @@
 """Shared fixtures: one real berth stack (Temporal, Traefik, worker) for the integration tests."""
 
 import itertools
-import os
 import re
 from pathlib import Path
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from berth.common.sealing import SealError, is_sealed, load_key, open_env
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import EngineHandle, LaunchRequest
 from berth.engines.base import ContainerSpec
@@ -67,6 +68,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
             records.put(record)
         return handle_of(record)  # a retried launch: the engine is already running
     refuse_unsafe(request)
+    request = with_env_opened(settings, request)
     engine = get_engine(request.engine)
     if engine.runtime() == "container":
         # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
@@ -114,6 +116,20 @@ def refuse_unsafe(request: LaunchRequest) -> None:
         raise failure_error(
             ErrorCode.ENGINE_UNAVAILABLE, f"this node refuses to start {request.engine} with this spec: {refusal}"
         )
+
+
+def with_env_opened(settings: Settings, request: LaunchRequest) -> LaunchRequest:
+    """The request with its sealed env values opened (berth.common.sealing), just before the
+    engine's environment is built: the clear values live in this process's memory and the engine's
+    environment only. A value that is not sealed is used as it is. One that does not open here is
+    ENGINE_UNAVAILABLE (FAILED): the message names the variable and the key to give this node."""
+    if not any(is_sealed(value) for value in request.env.values()):
+        return request
+    try:
+        env = open_env(load_key(settings), request.deployment, request.env)
+    except (SealError, OSError) as error:
+        raise failure_error(ErrorCode.ENGINE_UNAVAILABLE, f"this node cannot open the spec's env: {error}") from None
+    return request.model_copy(update={"env": env})
 
 
 def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec, run_id: str = "") -> EngineRecord:

@@ -15,7 +15,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
-from berth.activities.placement import place_deployment
+from berth.activities.placement import check_spec, place_deployment
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.routing import configure_route, remove_route
@@ -94,7 +94,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client,
         task_queue=CONTROL_TASK_QUEUE,
         workflows=[DeploymentWorkflow],
-        activities=[place_deployment],
+        activities=[place_deployment, check_spec],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
         # a restarted worker takes over the workflows of the dead one after this (default 10 s)

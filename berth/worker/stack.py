@@ -22,6 +22,7 @@ import threading
 import time
 
 from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.sealing import SealError, ensure_key
 from berth.api.server import api_ready, api_url
 from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
@@ -67,6 +68,10 @@ class Stack:
         started = time.monotonic()
         self._check_ports_free()
         ensure_api_token(self.settings)  # before the API starts: it serves with this token
+        try:  # the key the API seals env values with and the worker opens them with
+            ensure_key(self.settings)
+        except SealError as error:
+            raise SystemExit(f"berth: {error}") from None
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers
         await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
