@@ -3,6 +3,7 @@ and the REST routes behind `berth keys`, in-process (the gateway's side: test_in
 
 import hashlib
 import json
+import logging
 import stat
 import time
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from berth.api.app import create_app
 from berth.api.auth_check import Caller, Kind, check_answer, deployment_of, identify
 from berth.api.cli import build_parser
+from berth.api.server import PassedChecks
 from berth.api.inference_keys import (
     KEY_LENGTH,
     KEYS_FILE,
@@ -313,3 +315,16 @@ def test_the_keys_commands_parse():
     assert gone.func.__name__ == "revoke" and gone.id == "0123456789ab"
     with pytest.raises(SystemExit):
         parser.parse_args(["keys"])
+
+
+@pytest.mark.parametrize("path, status, kept", [
+    ("/v1/auth/check", 200, False),  # the gateway's traffic: Traefik's to log
+    ("/v1/auth/check", 401, True),
+    ("/v1/auth/check", 403, True),
+    ("/v1/deployments", 200, True),
+    ("/v1/keys", 201, True),
+])
+def test_the_access_log_leaves_out_passed_checks_only(path, status, kept):
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", path, "1.1", status), None)
+    assert PassedChecks().filter(record) is kept

@@ -47,9 +47,10 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.state.deployments = facade or Deployments(settings)
     app.state.keys = KeyStore(settings.home)
     install_error_handlers(app)
-    app.add_middleware(AuthCheck, state=app.state)  # innermost: inside the limits, before routing
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestLimits)
+    # outermost: the gateway's check reads no body and one exact path; nothing else runs before it
+    app.add_middleware(AuthCheck, state=app.state)
     app.include_router(routes_deployments.router)
     app.include_router(routes_engines.router)
     app.include_router(routes_keys.router)
