@@ -29,7 +29,7 @@ router = APIRouter(
     prefix="/v1/engines",
     tags=["engines"],
     dependencies=[Depends(require_token)],
-    responses={code: ERROR_RESPONSES[code] for code in (400, 401)},
+    responses={code: ERROR_RESPONSES[code] for code in (400, 401, 403)},
 )
 
 
