@@ -22,8 +22,9 @@ import threading
 import time
 
 from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.sealing import SealError, ensure_key
 from berth.api.server import api_ready, api_url
-from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
+from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
 from berth.worker.processes import ManagedProcess
 from berth.worker.prometheus_config import write_prometheus_config
@@ -52,7 +53,10 @@ class Stack:
         self.worker = ManagedProcess(
             "worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log"
         )
-        self.api = ManagedProcess("api", [sys.executable, "-m", "berth.api.server"], logs / "api.log")
+        self.api = ManagedProcess(
+            "api", [sys.executable, "-m", "berth.api.server"], logs / "api.log",
+            {API_NODE_ENV: settings.node_id},  # beside this node: it checks model paths against its roots
+        )
         self.processes = [self.temporal, self.gateway, self.worker, self.api]
         self._restart_times: dict[str, list[float]] = {}
         self.prometheus_config = None
@@ -66,6 +70,10 @@ class Stack:
         started = time.monotonic()
         self._check_ports_free()
         ensure_api_token(self.settings)  # before the API starts: it serves with this token
+        try:  # the key the API seals env values with and the worker opens them with
+            ensure_key(self.settings)
+        except SealError as error:
+            raise SystemExit(f"berth: {error}") from None
         self.prometheus_config = write_prometheus_config(self.settings)
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers

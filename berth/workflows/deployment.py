@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_TYPE,
     )
 
-from berth.workflows.node_steps import NodeSteps, failure_of, place, together, unknown_failure
+from berth.workflows.node_steps import NodeSteps, check_spec, failure_of, place, together, unknown_failure
 from berth.workflows.state_keeper import BERTH_ENGINE, BERTH_MODEL, BERTH_STATUS, StateKeeper
 
 __all__ = ["BERTH_ENGINE", "BERTH_MODEL", "BERTH_STATUS", "DeploymentInput", "DeploymentWorkflow"]
@@ -159,6 +159,9 @@ class DeploymentWorkflow:
         node = NodeSteps(instance, lambda: self._interrupted)
         self._keep.transition(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
+            refused = await check_spec(spec)  # the API's rules, for a spec that came straight through Temporal
+            if refused:
+                return EngineOutcome(failure=refused)
             # DEPLOYING: the files (the engine's choice before them, the memory plan after), beside the port
             self._keep.set_instance(InstanceStatus.COPYING_FILES)
             instance.port, model = await together(node.allocate_port(), node.prepare_files(spec, self._may_refetch))
