@@ -162,5 +162,8 @@ def test_metrics_needs_the_token(observed):
         assert api.get("/metrics").status_code == 401
     with stack.api() as api:
         answer = api.get("/metrics")
+        key = api.post("/v1/keys", json={"deployments": ["obs-a"]}).json()["key"]
+    with stack.api(token=key) as api:  # an inference key opens model endpoints only
+        assert api.get("/metrics").status_code == 403
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'berth_deployments{status="FAILED",engine="llamacpp"} 1' in answer.text

@@ -15,14 +15,24 @@ from berth.domain.metric_names import COUNTS_AGE, COUNTS_SECONDS, DEPLOYMENTS, M
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)], responses={401: ERROR_RESPONSES[401]})
+def _json_error(status: int) -> dict:
+    """An error answer is berth's JSON error body, though the route's success is text."""
+    return {
+        "description": ERROR_RESPONSES[status]["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+
+
+router = APIRouter(
+    tags=["metrics"], dependencies=[Depends(require_token)], responses={s: _json_error(s) for s in (401, 403)}
+)
 
 
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
     summary="berth's metrics for Prometheus (text format 0.0.4)",
-    responses={200: {"content": {"text/plain": {}}}, 503: ERROR_RESPONSES[503]},
+    responses={200: {"content": {"text/plain": {}}}, 503: _json_error(503)},
 )
 async def metrics(request: Request, facade: Deployments = Depends(deployments)) -> PlainTextResponse:
     """`berth_deployments{status, engine}`: running deployments, counted in Temporal's visibility
