@@ -3,7 +3,8 @@
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
-from berth.api import routes_deployments, routes_engines
+from berth.api import routes_deployments, routes_engines, routes_plan
+from berth.api.console import install_console
 from berth.common.api_token import ensure_api_token
 from berth.api.dependencies import require_token
 from berth.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -44,6 +45,8 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.add_middleware(RequestLimits)
     app.include_router(routes_deployments.router)
     app.include_router(routes_engines.router)
+    app.include_router(routes_plan.router)
+    install_console(app)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The API process is up (no token)")
     async def healthz() -> Health:
