@@ -90,7 +90,9 @@ def test_a_random_bytes_model_shows_its_failure_guidance_and_log_line(page, stac
     loader = next(i for i in issues if i["code"] == "MODEL_LOADING_FAILURE")
     line = highlighted.filter(has_text=loader["text"][:60]).first
     assert "MODEL_LOADING_FAILURE" in line.locator(".note").inner_text()
-    assert "What to do" in line.locator(".note").inner_text()
+    # what to do: at the code's first highlighted line, and above the log
+    assert "What to do" in highlighted.first.locator(".note").inner_text()
+    assert state["error"]["guidance"][:60] in " ".join(page.locator("#issues").inner_text().split())
 
 
 def test_change_and_retry_with_the_suggested_context_then_stop(page, stack, api, tiny_gguf, name):

@@ -123,9 +123,10 @@
           const chip = document.createElement("span");
           chip.className = "chip";
           chip.textContent = issue.code;
-          note.append(chip, ` ${issue.description}. What to do: ${issue.guidance}`);
+          const first = !codes.has(issue.code);  // what to do: said at its first line and above the log
+          note.append(chip, first ? ` ${issue.description}. What to do: ${issue.guidance}` : ` ${issue.description}`);
           item.append(note);
-          if (!codes.has(issue.code)) {
+          if (first) {
             codes.add(issue.code);
             const found = document.createElement("p");
             found.className = "alert";
