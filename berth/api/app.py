@@ -18,7 +18,8 @@ DESCRIPTION = """Deploy models and follow them. Every deployment is the Temporal
 
 Every route but `/healthz` needs `Authorization: Bearer <token>`, the token being in
 `$BERTH_HOME/api-token` (created by `berth up`) or `BERTH_API_TOKEN`. Errors are
-`{"error": {"code": ..., "message": ...}}`.
+`{"error": {"code": ..., "message": ...}}`. The web console at `/ui` is served here too; it
+answers to its own session cookie, and its routes are not part of this schema.
 
 A method a path does not take is a 405 in that shape, with an `Allow` header naming the methods
 it takes. Limits: a request path of at most 1024 characters, a query string of at most 8192, a
