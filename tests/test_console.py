@@ -4,12 +4,16 @@ everything here is answered before the facade is asked. tests/test_console_brows
 pages in chromium against a real stack."""
 
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
 
 from berth.api.app import create_app
 from berth.api.console import session as sessions
+from berth.api.console.rows import age_text, one_line, replicas_text
+from berth.api.facade import DeploymentSummary
+from berth.domain.status import DeploymentStatus
 from berth.common.console_login import consume_login_code, issue_login_code, login_dir
 from berth.settings import Settings
 
@@ -150,3 +154,53 @@ def test_pages_carry_a_strict_content_security_policy(http):
     assert "<script src=\"/ui/static/console.js\"" in page.text and "http" not in page.text.split("<body>")[0].replace("http-equiv", "")
     assert http.get("/ui/static/console.js").status_code == 200
     assert http.get("/ui/static/console.css").status_code == 200
+
+
+# ---- what the table shows (pure) -------------------------------------------------------------------
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("ago, text", [
+    (None, ""), (timedelta(0), "0s"), (timedelta(seconds=59), "59s"), (timedelta(seconds=60), "1m"),
+    (timedelta(minutes=59, seconds=59), "59m"), (timedelta(hours=3, minutes=5), "3h"), (timedelta(days=2, hours=1), "2d"),
+    (timedelta(seconds=-5), "0s"),  # a clock a little ahead of this one
+])
+def test_age(ago, text):
+    assert age_text(None if ago is None else NOW - ago, NOW) == text
+
+
+class WithReplicas(DeploymentSummary):
+    replicas: int = 3
+    ready_replicas: int = 2
+
+
+@pytest.mark.parametrize("summary, status, text", [
+    (DeploymentSummary(name="a", status="DEPLOYED"), DeploymentStatus.DEPLOYED, "1/1"),
+    (DeploymentSummary(name="a", status="FAILED"), DeploymentStatus.FAILED, "0/1"),
+    (DeploymentSummary(name="a", status="REQUESTED"), DeploymentStatus.REQUESTED, "0/1"),
+    (WithReplicas(name="a", status="DEPLOYED"), DeploymentStatus.DEPLOYED, "2/3"),  # once the listing has them
+])
+def test_replicas(summary, status, text):
+    assert replicas_text(summary, status) == text
+
+
+@pytest.mark.parametrize("message, text", [
+    ("short", "short"), ("two\nlines  and\ttabs", "two lines and tabs"), ("x" * 200, "x" * 159 + "…"),
+])
+def test_one_line_messages(message, text):
+    assert one_line(message) == text
+
+
+def test_berth_ui_prints_a_link_that_logs_in_once(settings, monkeypatch, capsys):
+    from berth.api.cli import main
+
+    monkeypatch.setenv("BERTH_HOME", str(settings.home))
+    monkeypatch.setenv("BERTH_API_PORT", "8123")
+    with pytest.raises(SystemExit) as exited:
+        main(["ui"])
+    assert exited.value.code == 0
+    link = capsys.readouterr().out.strip()
+    assert link.startswith("http://127.0.0.1:8123/ui/login?token=")
+    code = link.rsplit("=", 1)[1]
+    assert consume_login_code(settings, code) and not consume_login_code(settings, code)
