@@ -192,7 +192,7 @@ def test_one_line_messages(message, text):
     assert one_line(message) == text
 
 
-def test_berth_ui_prints_a_link_that_logs_in_once(settings, monkeypatch, capsys):
+def test_berth_ui_prints_a_link_that_logs_in_once(settings, monkeypatch, capfd):
     from berth.api.cli import main
 
     monkeypatch.setenv("BERTH_HOME", str(settings.home))
@@ -200,7 +200,26 @@ def test_berth_ui_prints_a_link_that_logs_in_once(settings, monkeypatch, capsys)
     with pytest.raises(SystemExit) as exited:
         main(["ui"])
     assert exited.value.code == 0
-    link = capsys.readouterr().out.strip()
+    link = capfd.readouterr().out.strip()
     assert link.startswith("http://127.0.0.1:8123/ui/login?token=")
     code = link.rsplit("=", 1)[1]
     assert consume_login_code(settings, code) and not consume_login_code(settings, code)
+
+
+def test_the_download_shows_as_a_progress_bar_while_copying_files():
+    from berth.api.console.views import TEMPLATES, detail_view
+    from berth.domain.spec import DeploymentSpec
+    from berth.domain.state import DeploymentState, DownloadProgress, InstanceState
+    from berth.domain.status import InstanceStatus
+
+    state = DeploymentState(
+        spec=DeploymentSpec(name="q", model="hf:org/repo"), status=DeploymentStatus.DEPLOYING,
+        download=DownloadProgress(source="hf:org/repo", file="model-q4.gguf", bytes_done=3 * 2**20,
+                                  bytes_total=12 * 2**20, files_done=0, files_total=1),
+        instances=[InstanceState(instance_id="q-1", node="n", status=InstanceStatus.COPYING_FILES)],
+    )
+    html = TEMPLATES.get_template("_detail.html").render(state=state, d=detail_view(state))
+    assert '<progress id="download" max="100" value="25.0"' in html
+    assert "model-q4.gguf: 3.0 MiB of 12.0 MiB (25.0%), file 1 of 1" in " ".join(html.split())
+    state.instances[0].status = InstanceStatus.STARTING  # the files are in place: no bar
+    assert "<progress" not in TEMPLATES.get_template("_detail.html").render(state=state, d=detail_view(state))

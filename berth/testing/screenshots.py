@@ -66,6 +66,8 @@ def shoot(stack: RunningStack, out: Path, tiny: str, failed: str) -> list[Path]:
 
         page.goto(f"{base}/ui/deployments/{failed}/logs")
         page.wait_for_selector("#log li.issue")
+        page.uncheck("#follow")
+        page.evaluate("document.getElementById('log').scrollTop = 0")  # from the first line
         saved.append(_save(page, out / "console-logs.png", full_page=True))
 
         page.goto(f"{base}/ui/deploy")
