@@ -50,6 +50,7 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 
+from bench.console import console_reads, console_row
 from bench.common import (
     Bench,
     Row,
@@ -439,6 +440,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
 
                     await rest_list()  # warm-up
                     rows["rest_list"] = await _timed_reads(reads, rest_list)
+                    rows.update(await console_reads(stack, reads))  # the console's table (bench/console.py)
                     rows["rest_metrics"] = []
                     for _ in range(bench.runs(30, 10)):  # a scrape each, past the API's cache of the counts
                         await asyncio.sleep(METRICS_CACHE_S + 0.05)
@@ -537,6 +539,8 @@ async def standin_scale(bench: Bench, asked: int) -> None:
             notes=[f"STAND-IN ENGINE (bench/standin_engine.py), launched by berth's pipeline; no API answered on "
                    f"BERTH_API_PORT, so the API's query {query!r} was timed through Temporal's list_workflows", burst, contention],
         ))
+    if "console_first_page" in rows:
+        bench.add(console_row(bench, label, rows, []))
     bench.add(Row(
         "P5a", f"status read (`state` query of a DEPLOYED one), {label}", f"p99 <= {ms(READ_P99_TARGET_S)}",
         f"p50 {p(rows['state_query'], 50)} / p99 {p(rows['state_query'], 99)}", "-", "-",

@@ -6,8 +6,9 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from berth.api import routes_deployments, routes_engines, routes_keys, routes_metrics
+from berth.api import routes_deployments, routes_engines, routes_keys, routes_metrics, routes_plan
 from berth.api.auth_check import AuthCheck, check_answer, identify
+from berth.api.console import install_console
 from berth.api.dependencies import bearer_scheme
 from berth.common.api_token import ensure_api_token
 from berth.api.errors import ApiError, ErrorBody, install_error_handlers
@@ -23,7 +24,9 @@ DESCRIPTION = """Deploy models and follow them. Every deployment is the Temporal
 Every route but `/healthz` needs `Authorization: Bearer <admin token>`, the token being in
 `$BERTH_HOME/api-token` (created by `berth up`) or `BERTH_API_TOKEN`. Inference keys
 (`/v1/keys`) open model endpoints through the gateway and nothing here: one sent to a route of
-this API is a 403. Errors are `{"error": {"code": ..., "message": ...}}`.
+this API is a 403. Errors are `{"error": {"code": ..., "message": ...}}`. The web console at
+`/ui` is served here too; it answers to its own session cookie, and its routes are not part of
+this schema.
 
 A method a path does not take is a 405 in that shape, with an `Allow` header naming the methods
 it takes. Limits: a request path of at most 1024 characters, a query string of at most 8192, a
@@ -55,6 +58,8 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.include_router(routes_engines.router)
     app.include_router(routes_metrics.router)
     app.include_router(routes_keys.router)
+    app.include_router(routes_plan.router)
+    install_console(app)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The API process is up (no token)")
     async def healthz() -> Health:

@@ -22,6 +22,7 @@ import threading
 import time
 
 from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.console_login import issue_login_code, login_link
 from berth.common.sealing import SealError, ensure_key
 from berth.api.server import api_ready, api_url
 from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, NAMESPACE, Settings
@@ -124,6 +125,7 @@ class Stack:
             f"berth is up ({took_s:.1f} s)\n"
             f"  gateway      {s.gateway_url}/models/<name>/v1/...\n"
             f"  API          {api_url(s)} (docs at /docs; token in {self._token_source()})\n"
+            f"  console      {self._console_link()} (one-time link; `berth ui` prints another)\n"
             f"  Temporal UI  http://127.0.0.1:{s.ui_port}\n"
             f"  Temporal     {s.temporal_address} (namespace {NAMESPACE}, task queues "
             f"{CONTROL_TASK_QUEUE} and {s.node_queue})\n"
@@ -131,6 +133,10 @@ class Stack:
             f"  home         {s.home}\n"
             "Ctrl-C stops berth and its engines; deployments come back on the next `berth up`."
         )
+
+    def _console_link(self) -> str:
+        """A one-time login link for the web console (berth.common.console_login)."""
+        return login_link(api_url(self.settings), issue_login_code(self.settings))
 
     def _token_source(self) -> str:
         return TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(self.settings))

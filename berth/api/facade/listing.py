@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
@@ -36,6 +37,7 @@ class DeploymentSummary(BaseModel):
     status: DeploymentStatus
     engine: str | None = None
     model: str | None = None
+    started_at: datetime | None = Field(default=None, description="when this deployment's workflow run started")
 
 
 class DeploymentPage(BaseModel):
@@ -182,4 +184,5 @@ def _summary(execution: WorkflowExecution) -> DeploymentSummary:
         status=DeploymentStatus(status) if status in DeploymentStatus.__members__ else DeploymentStatus.REQUESTED,
         engine=attributes.get(BERTH_ENGINE),
         model=attributes.get(BERTH_MODEL),
+        started_at=execution.start_time,
     )
