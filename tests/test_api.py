@@ -86,7 +86,7 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
 
     # visibility (search attributes) trails the workflow by about a second
     row = eventually(lambda: listed(api, "DEPLOYED").get(name))
-    assert row == {"name": name, "status": "DEPLOYED", "engine": "llamacpp", "model": str(tiny_gguf)}
+    assert row == {"name": name, "status": "DEPLOYED", "engine": "llamacpp", "model": str(tiny_gguf), "replicas": "1/1"}
     assert name in listed(api)
     assert name not in listed(api, "STOPPED")
 

@@ -80,8 +80,9 @@ async def test_deploy_wait_succeeds_and_ls_status_logs_retry_stop_agree_with_the
     assert ls.returncode == 0, ls.stderr
     ours = next(line for line in ls.stdout.splitlines() if line.split()[0] == name)
     row = next(r for r in rows if r["name"] == name)
-    assert ours.split() == [row["name"], row["status"], row["engine"], row["model"]]
-    assert ls.stdout.splitlines()[0].split() == ["NAME", "STATUS", "ENGINE", "MODEL"]
+    assert ours.split() == [row["name"], row["status"], row["replicas"] or "-", row["engine"], row["model"]]
+    assert row["replicas"] == "1/1"
+    assert ls.stdout.splitlines()[0].split() == ["NAME", "STATUS", "READY", "ENGINE", "MODEL"]
     assert len(ls.stdout.splitlines()) == len(rows) + 1
     only_failed = berth(stack, "ls", "--status", "FAILED")
     assert name not in only_failed.stdout

@@ -1,11 +1,12 @@
-"""Engine logs: $BERTH_HOME/logs/<deployment>.log, every launch appended after a header line."""
+"""Engine logs: $BERTH_HOME/logs/<instance id>.log (an instance id is `<deployment>-<8 hex>`), every
+launch of the instance appended after a header line."""
 
 from collections import deque
 from pathlib import Path
 
 
-def log_path(logs_dir: Path, deployment: str) -> Path:
-    return logs_dir / f"{deployment}.log"
+def log_path(logs_dir: Path, name: str) -> Path:
+    return logs_dir / f"{name}.log"
 
 
 def read_lines_since(path: Path, offset: int, max_lines: int = 200) -> list[str]:

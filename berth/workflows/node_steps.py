@@ -68,18 +68,22 @@ class NodeSteps:
         request = PortRequest(instance_id=self.instance.instance_id)
         return await self._step(ALLOCATE_PORT, request, int, **options.QUICK)
 
-    async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool) -> PreparedModel:
+    async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool, instances: int = 1) -> PreparedModel:
         """The files in place, the engine chosen before them (PreparedModel.choice) and the memory
-        planned after them (PreparedModel.plan)."""
+        planned after them (PreparedModel.plan), for `instances` instances of it on the node."""
         request = PrepareFilesInput(
             deployment=spec.name, model=spec.model, engine=None, choose_engine=True, override=spec.engine,
-            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size,
+            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size, instances=instances,
         )
         return await self._step(PREPARE_FILES, request, PreparedModel, **options.PREPARE_FILES)
 
-    async def configure_route(self, spec: DeploymentSpec, engine: str) -> str:
-        request = RouteRequest(deployment=spec.name, port=self.instance.port, engine=engine, public=spec.public)
-        return await self._step(CONFIGURE_ROUTE, request, str, **options.QUICK)
+    async def configure_route(self, spec: DeploymentSpec, engine: str, ports: list[int]) -> str:
+        """The deployment's route with these servers (a route change always runs to its end: the
+        workflow records what the gateway holds)."""
+        request = RouteRequest(deployment=spec.name, ports=ports, engine=engine, public=spec.public)
+        return await workflow.execute_activity(
+            CONFIGURE_ROUTE, request, task_queue=self.queue, result_type=str, **options.QUICK
+        )
 
     async def launch(
         self, spec: DeploymentSpec, engine: str, model_path: str, context_size: int | None

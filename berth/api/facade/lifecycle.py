@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -30,13 +30,21 @@ from berth.api.facade.logs import MAX_TAIL, DeploymentLogs, marked_logs, read_lo
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
-from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
+from berth.domain.temporal_names import (
+    RETRY_SIGNAL,
+    SCALE_UPDATE,
+    STATE_QUERY,
+    STOP_SIGNAL,
+    WORKFLOW_TYPE,
+    workflow_id,
+)
 from berth.engines.engine_args import spec_refusal
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.common.temporal_connection import connect
 from berth.workflows.deployment import BERTH_MODEL, BERTH_STATUS, DeploymentInput
 
 QUERY_TIMEOUT = timedelta(seconds=10)
+UPDATE_TIMEOUT = timedelta(seconds=10)  # an update needs a worker: without one, this long
 # A workflow that has torn down (STOPPED) but not yet returned is done within moments.
 CLOSING_WAIT_S = 10.0
 
@@ -78,6 +86,11 @@ class Deployments:
         """Start `deployment-<name>`. Conflict while a deployment of that name runs and is not
         STOPPED; a STOPPED (closed) one is replaced by a new run."""
         refuse_unsafe(spec)
+        if spec.replicas == 0:
+            raise BadRequest(
+                "replicas: deploy at least 1 instance (0, keeping the deployment with nothing running, "
+                f"is for scale: POST /v1/deployments/{spec.name}/scale)"
+            )
         client = await self.client()
         for _ in range(2):
             try:
@@ -146,9 +159,14 @@ class Deployments:
         except RPCError as error:
             raise rpc_error(error, name) from None
 
-    async def logs(self, name: str, tail: int = 100, offset: int | None = None) -> DeploymentLogs:
+    async def logs(
+        self, name: str, tail: int = 100, offset: int | None = None, instance: str | None = None
+    ) -> DeploymentLogs:
         """The last `tail` lines of the deployment's engine log (those written at or after byte
-        `offset`, when given) and the failure patterns found in them.
+        `offset`, when given) and the failure patterns found in them. Each instance has its own
+        log: `instance` names one; without it, a deployment of one instance answers with its log,
+        one of several with the last `tail` lines of each, every line tagged `[<instance id>] `
+        (to follow with `offset`, name the instance).
 
         Single-node for now: the file named in the state (`instances[0].log_path`) is read from
         this machine's disk, which is where `berth up` runs the engines. A multi-node berth will
@@ -159,9 +177,25 @@ class Deployments:
         if offset is not None and offset < 0:
             raise BadRequest(f"offset: must be 0 or more (got {offset})")
         state = await self.get(name)
-        path = state.instances[0].log_path if state.instances else None
+        ids = [each.instance_id for each in state.instances]
+        if instance is not None:
+            chosen = [each for each in state.instances if each.instance_id == instance]
+            if not chosen:
+                raise NotFound(f"{name} has no instance {instance!r}; its instances: {', '.join(ids) or 'none'}")
+        elif len(state.instances) > 1:
+            if offset is not None:
+                raise BadRequest(f"offset: name the instance whose log to follow (instance=...): one of {', '.join(ids)}")
+            lines = []
+            for each in state.instances:
+                own, _ = await asyncio.to_thread(read_log, each.log_path, tail, 0)
+                lines += [f"[{each.instance_id}] {line}" for line in own]
+            return marked_logs(name, None, state.engine, lines, 0, instances=ids)
+        else:
+            chosen = state.instances
+        path = chosen[0].log_path if chosen else None
         lines, next_offset = await asyncio.to_thread(read_log, path, tail, offset or 0)
-        return marked_logs(name, path, state.engine, lines, next_offset)
+        owner = chosen[0].instance_id if chosen else None
+        return marked_logs(name, path, state.engine, lines, next_offset, instance=owner, instances=ids)
 
     # ---- change ------------------------------------------------------------------------------------
 
@@ -197,6 +231,27 @@ class Deployments:
         except RPCError as error:
             if error.status is RPCStatusCode.NOT_FOUND:
                 raise Conflict(f"the deployment {name!r} stopped meanwhile: deploy it again") from None
+            raise rpc_error(error, name) from None
+        return await self.get(name)
+
+    async def scale(self, name: str, replicas: int) -> DeploymentState:
+        """Run `replicas` instances (the workflow's `scale` update). Its validator refuses, with the
+        reason and before anything changes, a count out of range or one the node's memory cannot
+        hold: a BadRequest here."""
+        handle = await self._handle(name)
+        if (await self._describe(handle)).status is not WorkflowExecutionStatus.RUNNING:
+            raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
+        try:
+            await handle.execute_update(SCALE_UPDATE, {"replicas": replicas}, rpc_timeout=UPDATE_TIMEOUT)
+        except WorkflowUpdateFailedError as failed:
+            cause = failed.cause
+            message = getattr(cause, "message", None) or str(cause or failed)
+            raise BadRequest(message) from None
+        except RPCError as error:
+            if error.status is RPCStatusCode.NOT_FOUND:
+                raise Conflict(f"the deployment {name!r} stopped meanwhile: deploy it again") from None
+            if error.status is RPCStatusCode.DEADLINE_EXCEEDED:
+                raise Unavailable("no worker took the scale in time: is `berth up` (its worker) running?") from None
             raise rpc_error(error, name) from None
         return await self.get(name)
 
