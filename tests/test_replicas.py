@@ -229,3 +229,77 @@ async def test_a_worker_killed_during_a_scale_leaves_exactly_the_desired_engines
     assert route_servers(stack, name) == [f"http://127.0.0.1:{one.instances[0].port}"]
     assert all(port_is_free(i.port) for i in three.instances if i.instance_id != one.instances[0].instance_id)
     await stop_and_check_gone(stack, client, name, one)
+
+
+async def test_reconfigure_rolls_one_instance_at_a_time_under_load(stack, client, tiny_gguf, name, api):
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), replicas=2, context_size=1024))
+    before = await until(client, name, lambda s: s.ready_replicas == 2, 90)
+    with Load(stack, name, rate=10) as load:
+        answer = api.post(f"/v1/deployments/{name}/retry", json={"context_size": 2048})  # DEPLOYED: it rolls
+        assert answer.status_code == 202, answer.text
+        after = await until(
+            client, name,
+            lambda s: s.spec.context_size == 2048 and s.rollout is None and s.ready_replicas == 2 and len(s.instances) == 2,
+            120,
+        )
+        await asyncio.sleep(0.5)
+    assert load.failed == [] and load.ok > 10, (load.failed[:5], load.ok)
+    old_pids = {instance.pid for instance in before.instances}
+    assert not old_pids & {instance.pid for instance in after.instances}, "every instance is new"
+    engines = engine_processes(stack.settings.home, name)
+    assert len(engines) == 2 and all("--ctx-size 2048" in " ".join(p.cmdline()) for p in engines)
+    assert any("rollout done" in t.detail for t in after.transitions)
+    await stop_and_check_gone(stack, client, name, after)
+
+
+async def test_a_rollout_whose_new_instance_fails_rolls_back_while_the_old_ones_serve(
+    stack, client, tiny_gguf, garbage_gguf, name
+):
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), replicas=2, context_size=1024))
+    before = await until(client, name, lambda s: s.ready_replicas == 2, 90)
+    handle = client.get_workflow_handle(workflow_id(name))
+    with Load(stack, name, rate=10) as load:
+        await handle.execute_update("reconfigure", {"model": str(garbage_gguf)})
+        after = await until(client, name, lambda s: (s.rollout or "").startswith("rollout failed"), 90)
+        settled = await until(client, name, lambda s: s.ready_replicas == 2 and len(s.instances) == 2, 60)
+    assert load.failed == [], load.failed[:5]
+    assert after.rollout_error is not None and after.rollout_error.code.value == "MODEL_LOADING_FAILURE", after.rollout
+    assert after.rollout_error.guidance
+    assert settled.spec.model == str(tiny_gguf), "the spec stays the old one"
+    assert {i.instance_id for i in settled.instances} == {i.instance_id for i in before.instances}
+    assert len(engine_processes(stack.settings.home, name)) == 2
+    await stop_and_check_gone(stack, client, name, settled)
+
+
+async def test_stop_during_a_rollout_leaves_nothing(stack, client, tiny_gguf, name):
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), replicas=2, context_size=1024))
+    await until(client, name, lambda s: s.ready_replicas == 2, 90)
+    handle = client.get_workflow_handle(workflow_id(name))
+    await handle.execute_update("reconfigure", {"context_size": 1536})
+    during = await until(client, name, lambda s: len(s.instances) == 3, 60)
+    await handle.signal("stop")
+    await handle.result()
+    final = await deployment_state(client, name)
+    assert final.status is S.STOPPED
+    assert engine_processes(stack.settings.home, name) == []
+    assert route_servers(stack, name) == []
+    assert all(port_is_free(i.port) for i in during.instances if i.port)
+
+
+async def test_an_engine_killed_under_load_drops_no_request_and_rejoins(stack, client, tiny_gguf, name):
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), replicas=2, context_size=1024))
+    before = await until(client, name, lambda s: s.ready_replicas == 2, 90)
+    victim = before.instances[1]
+    with Load(stack, name, rate=20) as load:
+        await asyncio.sleep(1.0)
+        os.kill(victim.pid, signal.SIGKILL)
+        after = await until(
+            client, name,
+            lambda s: s.ready_replicas == 2 and s.instances[1].pid not in (None, victim.pid) and s.instances[1].routed,
+            60,
+        )
+        await asyncio.sleep(1.0)
+    assert load.failed == [], load.failed[:5]
+    assert after.instances[1].restarts == 1 and after.status is S.DEPLOYED
+    assert sorted(route_servers(stack, name)) == sorted(f"http://127.0.0.1:{i.port}" for i in after.instances)
+    await stop_and_check_gone(stack, client, name, after)

@@ -85,7 +85,8 @@ class DeploymentState(BaseModel):
     )
     memory_per_instance: int | None = Field(None, description="bytes each instance is planned to use")
     memory_budget: int | None = Field(None, description="bytes berth's engines may use on the node")
-    rollout: str | None = Field(None, description="the last rollout that failed, and why")
+    rollout: str | None = Field(None, description="the rollout in progress, or the last one that failed and why")
+    rollout_error: DeploymentError | None = Field(None, description="the failure of the last rollout's new instance")
     rejected_patch: str | None = Field(None, description="why the last retry patch was refused")
     transitions: list[Transition] = Field(default_factory=list)
 

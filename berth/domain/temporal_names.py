@@ -6,6 +6,7 @@ STOP_SIGNAL = "stop"
 RETRY_SIGNAL = "retry"
 # Updates (they need a running worker; a validator refuses a bad input before anything changes)
 SCALE_UPDATE = "scale"
+RECONFIGURE_UPDATE = "reconfigure"
 # Sent by prepare_files to its own deployment: how far the model download is (shown by `state`).
 DOWNLOAD_PROGRESS_SIGNAL = "download_progress"
 

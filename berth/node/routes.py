@@ -48,6 +48,7 @@ RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Tra
 LB_STRATEGY = "p2c"
 RETRY_ATTEMPTS = 3
 RETRY_INTERVAL = "10ms"
+PASSIVE_FAILURE_WINDOW = "10s"
 
 
 def route_config(request: RouteRequest, token: str | None) -> Route:
@@ -72,6 +73,9 @@ def route_config(request: RouteRequest, token: str | None) -> Route:
     balancer: dict = {"servers": [{"url": f"http://127.0.0.1:{port}"} for port in servers]}
     if len(servers) > 1:
         balancer["strategy"] = LB_STRATEGY
+        # a server that refused a connection sits out (retries then go to the others) until the
+        # workflow's route change, which resets it: an engine that died gets no more attempts
+        balancer["passiveHealthcheck"] = {"failureWindow": PASSIVE_FAILURE_WINDOW, "maxFailedAttempts": 1}
     return {"http": {"routers": routers, "middlewares": middlewares, "services": {name: {"loadBalancer": balancer}}}}
 
 

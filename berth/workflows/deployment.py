@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.status import WAITING_FOR_USER, DeploymentStatus, InstanceStatus
     from berth.domain.temporal_names import (
         DOWNLOAD_PROGRESS_SIGNAL,
+        RECONFIGURE_UPDATE,
         RETRY_SIGNAL,
         SCALE_UPDATE,
         STATE_QUERY,
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
 
 from berth.workflows.instance_runner import InstanceRunner
 from berth.workflows.node_steps import NodeSteps, place, together
+from berth.workflows.rollout import roll
 from berth.workflows.state_keeper import BERTH_ENGINE, BERTH_MODEL, BERTH_REPLICAS, BERTH_STATUS, StateKeeper
 
 __all__ = [
@@ -75,6 +77,7 @@ class DeploymentWorkflow:
         self._route_lock = asyncio.Lock()
         self._files_lock = asyncio.Lock()
         self._wake = False
+        self._rollout_spec: DeploymentSpec | None = None  # set by a valid `reconfigure`
         self._node: str | None = None
         # Fetch model files that are gone again? Yes on the first deploy and after a user's retry;
         # an automatic restart stops at MUST_REDOWNLOAD instead.
@@ -122,11 +125,29 @@ class DeploymentWorkflow:
         """Refuses, before anything changes: a bad input, a stopping deployment, a count out of range
         or one the node's memory cannot hold (with the per-instance numbers)."""
         replicas = _scale_request(request).replicas
-        if self._stop_requested or self.state.status is DeploymentStatus.STOPPED:
-            raise ApplicationError("the deployment is stopping: deploy it again instead", type="INVALID_SCALE")
+        self._refuse_while_busy("INVALID_SCALE")
         refusal = scale_refusal(replicas, self.state.memory_per_instance, self.state.memory_budget)
         if refusal:
             raise ApplicationError(refusal, type="INVALID_SCALE", non_retryable=True)
+
+    @workflow.update(name=RECONFIGURE_UPDATE)
+    async def reconfigure(self, patch: dict[str, Any]) -> DeploymentState:
+        """Change the spec while serving (a spec patch, as `retry` takes): a DEPLOYED deployment rolls
+        one instance at a time (berth.workflows.rollout); one that does not serve starts over with it."""
+        self._rollout_spec = _patched(self.state.spec, patch)
+        self._wake = True
+        return self.state
+
+    @reconfigure.validator
+    def validate_reconfigure(self, patch: dict[str, Any]) -> None:
+        self._refuse_while_busy("INVALID_RECONFIGURE")
+        _patched(self.state.spec, patch)
+
+    def _refuse_while_busy(self, kind: str) -> None:
+        if self._stop_requested or self.state.status is DeploymentStatus.STOPPED:
+            raise ApplicationError("the deployment is stopping: deploy it again instead", type=kind)
+        if self._rollout_spec is not None or (self.state.rollout or "").startswith("rolling"):
+            raise ApplicationError("a rollout is in progress: wait until it is done (`rollout` in the state)", type=kind)
 
     @property
     def interrupted(self) -> bool:
@@ -159,6 +180,9 @@ class DeploymentWorkflow:
         while not self._stop_requested:
             if self._retry_spec is not None:
                 await self._accept_retry()
+                continue
+            if self._rollout_spec is not None:
+                await self._accept_reconfigure()
                 continue
             if self._may_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -196,10 +220,9 @@ class DeploymentWorkflow:
             detail = f"{instance.instance_id}: {detail} ({self.state.ready_replicas}/{self.state.spec.replicas} serve)"
         self.keep.transition(new, detail)
 
-    async def prepare_files(self, node: NodeSteps) -> PreparedModel:
+    async def prepare_files(self, node: NodeSteps, spec: DeploymentSpec) -> PreparedModel:
         """The files, prepared by one instance at a time (the first fetches, the next find them)."""
         async with self._files_lock:
-            spec = self.state.spec
             model = await node.prepare_files(spec, self._may_refetch, instances=max(1, spec.replicas))
             self._may_refetch = False
             return model
@@ -225,8 +248,10 @@ class DeploymentWorkflow:
 
     # ---- scaling ----------------------------------------------------------------------------------
 
-    def _start(self, instance: InstanceState) -> None:
-        self._runners[instance.instance_id] = InstanceRunner(self, instance).start()
+    def _start(self, instance: InstanceState, spec: DeploymentSpec | None = None, once: bool = False) -> InstanceRunner:
+        runner = InstanceRunner(self, instance, spec or self.state.spec, once).start()
+        self._runners[instance.instance_id] = runner
+        return runner
 
     async def _converge(self) -> None:
         """As many instances as asked for: new ones start; extra ones are drained and stopped, those
@@ -240,6 +265,12 @@ class DeploymentWorkflow:
             self._start(instance)
         if not self.state.instances and self.state.status is not DeploymentStatus.DEPLOYED:
             self.keep.transition(DeploymentStatus.DEPLOYED, "scaled to 0: nothing runs")
+
+    def start_instance(self, instance: InstanceState, spec: DeploymentSpec, once: bool) -> InstanceRunner:
+        return self._start(instance, spec, once)
+
+    async def retire(self, instance: InstanceState) -> None:
+        await self._retire(instance)
 
     async def _retire(self, instance: InstanceState) -> None:
         """Out of the route, drained, then stopped and gone from the state."""
@@ -292,6 +323,16 @@ class DeploymentWorkflow:
         for instance in again:
             self._start(instance)
 
+    async def _accept_reconfigure(self) -> None:
+        spec, self._rollout_spec = self._rollout_spec, None
+        if spec == self.state.spec:
+            return
+        if self.state.ready_replicas == 0:  # nothing serves: nothing to keep serving, start over with it
+            self._retry_spec = spec
+            return
+        await self._converge()  # the desired count first (a scale may be pending)
+        await roll(self, spec)
+
     # ---- teardown -------------------------------------------------------------------------------
 
     async def _teardown(self, reason: str) -> None:
@@ -310,6 +351,16 @@ class DeploymentWorkflow:
             instance.port, instance.routed = None, False
         self.keep.set_instance(InstanceStatus.STOPPED)
         self.keep.transition(DeploymentStatus.STOPPED, reason)
+
+
+def _patched(spec: DeploymentSpec, patch: Any) -> DeploymentSpec:
+    try:
+        return spec.patched(SpecPatch.model_validate(patch or {}))
+    except ValidationError as invalid:
+        message = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'patch'}: {error['msg']}" for error in invalid.errors()
+        )
+        raise ApplicationError(f"reconfigure: {message}", type="INVALID_RECONFIGURE", non_retryable=True) from None
 
 
 def _scale_request(request: Any) -> ScaleRequest:

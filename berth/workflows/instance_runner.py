@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.errors import Failure
     from berth.domain.pipeline import EngineOutcome
     from berth.domain.restart_policy import decide
+    from berth.domain.spec import DeploymentSpec
     from berth.domain.state import InstanceState
     from berth.domain.status import DeploymentStatus, InstanceStatus
 
@@ -38,9 +39,14 @@ INTERRUPTED = "interrupted"
 
 
 class InstanceRunner:
-    def __init__(self, deployment: DeploymentWorkflow, instance: InstanceState) -> None:
+    def __init__(
+        self, deployment: DeploymentWorkflow, instance: InstanceState, spec: DeploymentSpec, once: bool = False
+    ) -> None:
         self.deployment = deployment
         self.instance = instance
+        self.spec = spec  # its own: during a rollout, old and new instances run different specs
+        self.once = once  # a rollout's new instance: its first failure ends it (no restart)
+        self.context_size: int | None = None
         self.leaving = False  # a scale down, retry or stop takes this instance
         self._deployed_at: float | None = None
         self.task: asyncio.Task | None = None
@@ -86,22 +92,23 @@ class InstanceRunner:
         """One pass of the pipeline; returns when the engine has failed (or the node went down).
         Independent steps run side by side: each is a round trip through Temporal."""
         deployment, instance = self.deployment, self.instance
-        keep, spec = deployment.keep, deployment.state.spec
+        keep, spec = deployment.keep, self.spec
         node = NodeSteps(instance, self.interrupted)
         self._report(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
             # the files (the engine's choice before them, the memory plan after), beside the port
             keep.set_instance(InstanceStatus.COPYING_FILES, instance)
-            instance.port, model = await together(node.allocate_port(), deployment.prepare_files(node))
+            instance.port, model = await together(node.allocate_port(), deployment.prepare_files(node, spec))
             choice = model.choice
             keep.record_engine(choice)
             keep.take_files(model)
+            self.context_size = model.plan.context_size if model.plan else spec.context_size
 
             # the launch, beside the route (which holds this instance only when none serves yet)
             keep.set_instance(InstanceStatus.STARTING, instance)
             _, handle = await together(
                 deployment.sync_route(),
-                node.launch(spec, choice.engine, model.path, deployment.state.context_size),
+                node.launch(spec, choice.engine, model.path, self.context_size),
             )
             instance.pid, instance.log_path = handle.pid, handle.log_path
 
@@ -114,6 +121,7 @@ class InstanceRunner:
             # DEPLOYED: in the route, served, and watched until it fails
             keep.set_instance(InstanceStatus.DEPLOYED, instance)
             instance.error = None
+            self.once = False  # it serves: from now on it restarts like any instance
             self._deployed_at = workflow.time()
             await deployment.sync_route()
             self._report(DeploymentStatus.DEPLOYED, f"serving at {deployment.state.endpoint}")
@@ -129,13 +137,21 @@ class InstanceRunner:
         """Record the failure and stop what is left of the engine; then wait for the backoff
         (ERROR: True, a next pass follows) or end for the user (FAILED, MUST_REDOWNLOAD: False)."""
         deployment, instance = self.deployment, self.instance
-        keep, spec = deployment.keep, deployment.state.spec
+        keep, spec = deployment.keep, self.spec
         if self._deployed_at is not None and workflow.time() - self._deployed_at >= spec.restart.stable_after_s:
             instance.restarts = 0  # it served long enough: a new crash starts a new count
         self._deployed_at = None
         decision = decide(failure.code, instance.restarts, spec.restart)
         keep.record_error(failure, instance)
         node = NodeSteps(instance)
+        if self.once:  # a rollout's new instance: the rollout rolls back (DeploymentWorkflow)
+            instance.port = None
+            await self._leave_route_quietly()
+            await node.stop_engine()
+            instance.pid = None
+            await node.release_port()
+            keep.set_instance(InstanceStatus.FAILED, instance)
+            return False
         if decision.status is DeploymentStatus.ERROR:
             # said at once; out of the route if another instance serves; then the engine's remains go
             instance.restarts = decision.attempt

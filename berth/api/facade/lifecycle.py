@@ -31,6 +31,7 @@ from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 from berth.domain.temporal_names import (
+    RECONFIGURE_UPDATE,
     RETRY_SIGNAL,
     SCALE_UPDATE,
     STATE_QUERY,
@@ -226,6 +227,11 @@ class Deployments:
             refuse_unsafe(state.spec.patched(patch))
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
+        changes = patch.model_dump(mode="json", exclude_unset=True)
+        if changes and state.status is DeploymentStatus.DEPLOYED:
+            # serving: the change rolls one instance at a time (the `reconfigure` update), no downtime
+            await self._update(handle, name, RECONFIGURE_UPDATE, changes)
+            return await self.get(name)
         try:
             await handle.signal(RETRY_SIGNAL, patch.model_dump(mode="json", exclude_unset=True))
         except RPCError as error:
@@ -241,8 +247,13 @@ class Deployments:
         handle = await self._handle(name)
         if (await self._describe(handle)).status is not WorkflowExecutionStatus.RUNNING:
             raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
+        await self._update(handle, name, SCALE_UPDATE, {"replicas": replicas})
+        return await self.get(name)
+
+    async def _update(self, handle: WorkflowHandle, name: str, update: str, argument: dict) -> None:
+        """A workflow update; its validator's refusal is a BadRequest with its reason."""
         try:
-            await handle.execute_update(SCALE_UPDATE, {"replicas": replicas}, rpc_timeout=UPDATE_TIMEOUT)
+            await handle.execute_update(update, argument, rpc_timeout=UPDATE_TIMEOUT)
         except WorkflowUpdateFailedError as failed:
             cause = failed.cause
             message = getattr(cause, "message", None) or str(cause or failed)
@@ -251,9 +262,8 @@ class Deployments:
             if error.status is RPCStatusCode.NOT_FOUND:
                 raise Conflict(f"the deployment {name!r} stopped meanwhile: deploy it again") from None
             if error.status is RPCStatusCode.DEADLINE_EXCEEDED:
-                raise Unavailable("no worker took the scale in time: is `berth up` (its worker) running?") from None
+                raise Unavailable(f"no worker took the {update} in time: is `berth up` (its worker) running?") from None
             raise rpc_error(error, name) from None
-        return await self.get(name)
 
     # ---- helpers -----------------------------------------------------------------------------------
 
