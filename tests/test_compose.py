@@ -57,6 +57,8 @@ DEFAULT_IS_RIGHT = {
     "BERTH_VLLM_RUNTIME": "vLLM runs in Docker unless vllm is installed in the worker's image",
     "BERTH_FAULT_INJECTION": "tests only: must stay unset in production",
     "BERTH_WORKFLOW_SANDBOX": "off: the replay tests run every recorded history in the sandbox instead",
+    "BERTH_ALLOW_UNSAFE_ENV": "off: env names that change how the engine loads code are refused (docs/security.md)",
+    "BERTH_ALLOW_UNSAFE_ENGINE_ARGS": "off: engine flags that load code from outside the model are refused",
 }
 # What each berth service must be told (its defaults would be wrong in a container).
 NEEDED = {

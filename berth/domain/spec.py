@@ -80,7 +80,9 @@ class DeploymentSpec(BaseModel):
     model: str = Field(min_length=1, max_length=4096, description="model path, URL or hub reference")
     engine: EngineName = Field("auto", description="auto picks from hardware and format; a name forces it")
     context_size: int | None = Field(
-        None, ge=1, le=MAX_CONTEXT_SIZE, description="tokens of context; default: the engine's choice"
+        None, ge=1, le=MAX_CONTEXT_SIZE,
+        description="tokens of context; default: the largest that fits in memory, up to the model's "
+        "trained context, at most 8192",
     )
     startup_timeout_s: float = Field(600.0, gt=0, le=86400, description="budget to become ready")
     engine_args: list[str] = Field(default_factory=list, description="extra arguments for the engine")

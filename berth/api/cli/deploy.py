@@ -36,7 +36,11 @@ def add(commands) -> None:
     deploy.add_argument("model", metavar="MODEL", help="model file/folder, URL, hf:org/repo reference, or preset")
     deploy.add_argument("--name", help="deployment name, a DNS label (default: from the file name)")
     deploy.add_argument("--engine", help=f"force an engine: {', '.join(ENGINES)} (default: auto)")
-    deploy.add_argument("--context-size", type=int, metavar="N", help="tokens of context (default: the engine's)")
+    deploy.add_argument(
+        "--context-size", type=int, metavar="N",
+        help="tokens of context (default: the largest that fits in memory, up to the model's trained "
+        "context, at most 8192)",
+    )
     deploy.add_argument("--startup-timeout", type=float, metavar="S", help="seconds to become ready (default 600)")
     deploy.add_argument("--replicas", type=int, metavar="N", help="instances behind the one route (default 1)")
     deploy.add_argument("--public", action="store_true", help="serve the model endpoint without the API token")
