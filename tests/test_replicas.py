@@ -20,7 +20,7 @@ from berth.domain.spec import MAX_REPLICAS, DeploymentSpec
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus as S
 from berth.domain.temporal_names import SCALE_UPDATE, workflow_id
-from berth.node.ports import port_is_free
+from berth.node.ports import PortRegistry, port_is_free
 from berth.node.route_table import RouteTable
 from berth.testing.harness import RunningStack, deployment_state, engine_processes, start_deployment, wait_for_status
 
@@ -302,4 +302,28 @@ async def test_an_engine_killed_under_load_drops_no_request_and_rejoins(stack, c
     assert load.failed == [], load.failed[:5]
     assert after.instances[1].restarts == 1 and after.status is S.DEPLOYED
     assert sorted(route_servers(stack, name)) == sorted(f"http://127.0.0.1:{i.port}" for i in after.instances)
+    await stop_and_check_gone(stack, client, name, after)
+
+
+async def test_a_worker_killed_during_a_rollout_ends_with_the_new_spec_and_nothing_left(stack, client, tiny_gguf, name):
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), replicas=2, context_size=1024))
+    before = await until(client, name, lambda s: s.ready_replicas == 2, 90)
+    handle = client.get_workflow_handle(workflow_id(name))
+    await handle.execute_update("reconfigure", {"context_size": 1280})
+    await until(client, name, lambda s: len(s.instances) == 3, 60)
+    os.kill(stack.worker_pid(), signal.SIGKILL)
+    after = await until(
+        client, name, lambda s: s.spec.context_size == 1280 and s.rollout is None and len(s.instances) == 2
+        and s.ready_replicas == 2, 120,
+    )
+    deadline = time.monotonic() + 20
+    while len(engine_processes(stack.settings.home, name)) != 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    engines = engine_processes(stack.settings.home, name)
+    assert len(engines) == 2 and all("--ctx-size 1280" in " ".join(p.cmdline()) for p in engines)
+    assert sorted(route_servers(stack, name)) == sorted(f"http://127.0.0.1:{i.port}" for i in after.instances)
+    registry = PortRegistry(stack.settings.home / "ports.sqlite", stack.settings.port_range)
+    reserved = {instance for instance in registry.reserved() if instance.startswith(f"{name}-")}
+    assert reserved == {i.instance_id for i in after.instances}, "no port left reserved for an old instance"
+    assert not {i.instance_id for i in before.instances} & reserved
     await stop_and_check_gone(stack, client, name, after)
