@@ -135,6 +135,7 @@ class DeploymentWorkflow:
         """Change the spec while serving (a spec patch, as `retry` takes): a DEPLOYED deployment rolls
         one instance at a time (berth.workflows.rollout); one that does not serve starts over with it."""
         self._rollout_spec = _patched(self.state.spec, patch)
+        self.state.rollout, self.state.rollout_error = "rolling: about to start", None
         self._wake = True
         return self.state
 
@@ -326,8 +327,10 @@ class DeploymentWorkflow:
     async def _accept_reconfigure(self) -> None:
         spec, self._rollout_spec = self._rollout_spec, None
         if spec == self.state.spec:
+            self.state.rollout = None
             return
         if self.state.ready_replicas == 0:  # nothing serves: nothing to keep serving, start over with it
+            self.state.rollout = None
             self._retry_spec = spec
             return
         await self._converge()  # the desired count first (a scale may be pending)
