@@ -118,7 +118,7 @@ async def run(bench: Bench, stack, client) -> None:
     bench.add(Row(
         "P8", f"reconfigure (context 1024 -> 2048) of {REPLICAS} replicas under {RATE:g} req/s", "0 failed",
         f"{len(failed)} failed of {len(latencies) + len(failed)}; rolled in {rolled['s']:.2f} s; p99 {ms(percentile(latencies, 99))}",
-        f"bare start x {REPLICAS}: {REPLICAS * bare_s:.2f} s", "all new" if all_new else "NOT all new",
+        f"start x {REPLICAS}: {REPLICAS * bare_s:.2f} s", "all new" if all_new else "NOT all new",
         passed=not failed and all_new,
         values={"failed": len(failed), "rollout_s": rolled["s"], "bare_start_s": bare_s, "failures": failed[:5]},
     ))

@@ -61,7 +61,12 @@ def route_config(request: RouteRequest, token: str | None) -> Route:
     own = [strip]
     if len(servers) > 1:  # one server: nothing to retry on (the same dead engine again)
         retry = f"{name}{PART_SEPARATOR}retry"
-        middlewares[retry] = {"retry": {"attempts": RETRY_ATTEMPTS, "initialInterval": RETRY_INTERVAL}}
+        middlewares[retry] = {"retry": {
+            "attempts": RETRY_ATTEMPTS, "initialInterval": RETRY_INTERVAL,
+            # 502: Traefik's own answer when the engine's connection broke (an engine killed while
+            # answering); a chat request is safe to send again to another engine (no side effect)
+            "status": ["502"], "retryNonIdempotentMethod": True,
+        }}
         own.append(retry)
     if request.public or not token:
         routers = {name: _router(prefix_rule, own, name)}
