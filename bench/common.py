@@ -294,7 +294,12 @@ def stack_session(bench: Bench, label: str, extra_env: dict[str, str] | None = N
     for attempt in (1, 2):
         home = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=bench.workdir))
         bench.homes.append(home)
-        stack = RunningStack(home, extra_env={"BERTH_PORT_RANGE": free_port_range(ports), **(extra_env or {})})
+        stack = RunningStack(home, extra_env={
+            "BERTH_PORT_RANGE": free_port_range(ports),
+            # the models: the tiny ones in the work folder, the Gemma file in bench/results/models
+            "BERTH_MODEL_ROOTS": os.pathsep.join((str(bench.workdir), str(MODEL_CACHE))),
+            **(extra_env or {}),
+        })
         started = time.perf_counter()
         try:
             stack.start(timeout_s=120)

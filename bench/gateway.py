@@ -7,7 +7,10 @@ the two sides alternating block by block (and which goes first alternating too) 
 200 warm-up requests each first. Added latency = the gateway's percentile minus the direct one.
 With the API token sent exactly as `Bearer <token>` the route's fast router serves it; a quarter as
 many requests with the token written `bearer <token>` time the fallback router, where Traefik asks
-the API (forwardAuth) on every request (reported in the notes, no target).
+the API (forwardAuth) on every request (reported in the notes, no target). An inference key
+scoped to the deployment (`POST /v1/keys`) always takes that router: the API's /v1/auth/check
+looks the key up by its id and compares its SHA-256; it has rows of its own with the same targets
+("P4 ... inference key"), as many requests as the admin token's, in the same interleaved blocks.
 """
 
 from __future__ import annotations
@@ -46,12 +49,16 @@ async def run(bench: Bench, stack, client) -> None:
     # The exact `Bearer <token>` header takes the route's fast router; the same token written another
     # way (scheme in lower case) takes the fallback router, which asks the API (forwardAuth) first.
     checked = {"Authorization": headers["Authorization"].replace("Bearer ", "bearer ", 1)} if headers else None
-    direct, through, via_auth = [], [], []
+    direct, through, via_auth, keyed = [], [], [], []
     try:
+        keyed_headers = _inference_key(stack, name) if headers else None
         with httpx.Client(timeout=10) as http:
             _timed(http, direct_url, {}, [], 200)
             _timed(http, gateway_url, headers, [], 200)
             order = [(direct_url, {}, direct), (gateway_url, headers, through)]
+            if keyed_headers:
+                _timed(http, gateway_url, keyed_headers, [], 200)
+                order.append((gateway_url, keyed_headers, keyed))
             if checked and http.get(gateway_url, headers=checked).status_code == 200:
                 _timed(http, gateway_url, checked, [], 50)
                 order.append((gateway_url, checked, via_auth))
@@ -66,6 +73,10 @@ async def run(bench: Bench, stack, client) -> None:
         values[f"gateway_p{q}_ms"] = percentile(through, q) * 1000
         values[f"added_p{q}_ms"] = (percentile(through, q) - percentile(direct, q)) * 1000
     values["requests_each"] = len(direct)
+    if keyed:
+        for q in (50, 90, 99, 99.9):
+            values[f"inference_key_p{q}_ms"] = percentile(keyed, q) * 1000
+            values[f"inference_key_added_p{q}_ms"] = (percentile(keyed, q) - percentile(direct, q)) * 1000
     if via_auth:
         for q in (50, 99):
             values[f"forward_auth_p{q}_ms"] = percentile(via_auth, q) * 1000
@@ -84,3 +95,21 @@ async def run(bench: Bench, stack, client) -> None:
             f"{ms(percentile(through, q))} via Traefik", f"{ms(percentile(direct, q))} direct", f"+{ms(added)}",
             passed=added <= target, values=values if q == 50 else {}, notes=[note] if q == 50 else [],
         ))
+    for q, target in ((50, P50_TARGET_S), (99, P99_TARGET_S)) if keyed else ():
+        added = percentile(keyed, q) - percentile(direct, q)
+        bench.add(Row(
+            "P4", f"gateway added latency p{q} (/health, keep-alive), inference key", f"<= {ms(target)}",
+            f"{ms(percentile(keyed, q))} via Traefik + /v1/auth/check", f"{ms(percentile(direct, q))} direct",
+            f"+{ms(added)}", passed=added <= target,
+            notes=[f"{len(keyed)} requests with an inference key scoped to the deployment: the forwardAuth "
+                   "router, the API checks the key on every request"] if q == 50 else [],
+        ))
+
+
+def _inference_key(stack, name: str) -> dict:
+    """`Authorization` with a new inference key that opens only this deployment."""
+    with stack.api() as api:
+        response = api.post("/v1/keys", json={"name": "bench-p4", "deployments": [name]})
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /v1/keys: {response.status_code} {response.text[:200]}")
+        return {"Authorization": f"Bearer {response.json()['key']}"}

@@ -4,7 +4,8 @@ Runs berth's benchmarks on this machine in one go, prints the table (metric, tar
 engine, ratio or added time, pass/MISS) with the machine it ran on, and writes it all as JSON.
 
 Order: P0 (its own `berth up` per run); then one stack for P1, P2/P3/P3b, P4, P6, P5b, P7/P8 (replicas), with P5c's
-deployment supervised throughout; then a stack with the stand-in engine for P5a. Every stack is
+deployment supervised throughout; then a stack with the stand-in engine for P5a; then one with N
+parked deployments for P5d (the console's table). Every stack is
 stopped at the end of its part, and the run ends by checking that no process it started is left.
 """
 
@@ -19,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import crash, footprint, gateway, overhead, replicas, scale, startup
+from bench import console, crash, footprint, gateway, overhead, replicas, scale, startup
 from bench.common import (
     RESULTS_DIR,
     Bench,
@@ -37,9 +38,9 @@ MAIN_STACK_IDS = overhead.IDS | crash.IDS | gateway.IDS | footprint.IDS | replic
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="fewer runs and N=100 for P5a (a few minutes)")
-    parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c),P6,P7,P8")
+    parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c,P5d),P6,P7,P8")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON")
-    parser.add_argument("--scale", type=int, help="deployments for P5a (default 1000; --quick 100)")
+    parser.add_argument("--scale", type=int, help="deployments for P5a and P5d (default 1000; --quick 100)")
     parser.add_argument("--concurrent", type=int, metavar="K",
                         help="tiny GGUF deployments at once for P5b (default: as many as free memory allows; --quick 20)")
     parser.add_argument("--skip-gemma", action="store_true", help="P1 on the tiny GGUF only")
@@ -101,6 +102,7 @@ async def run(args: argparse.Namespace) -> int:
                 bench.add(Row("P1", "main stack: not measured", "-", f"error: {str(error).splitlines()[0][:200]}", passed=False))
         asked = args.scale or bench.runs(1000, 100)
         await guarded(bench, {"P5a"}, "P5a", lambda: scale.standin_scale(bench, asked))
+        await guarded(bench, console.IDS, "P5d", lambda: console.parked_table(bench, asked))
     finally:
         left = bench.final_check()
         runtime = time.perf_counter() - started

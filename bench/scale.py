@@ -50,6 +50,7 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 
+from bench.console import console_reads, console_row
 from bench.common import (
     Bench,
     Row,
@@ -433,6 +434,7 @@ async def standin_scale(bench: Bench, asked: int) -> None:
 
                     await rest_list()  # warm-up
                     rows["rest_list"] = await _timed_reads(reads, rest_list)
+                    rows.update(await console_reads(stack, reads))  # the console's table (bench/console.py)
                     rows["rest_list_all_pages"] = await _timed_reads(bench.runs(3, 2), rest_list_all)
                     rows["rest_get"] = await _timed_reads(bench.runs(200, 100), rest_get)
             rows["temporal_list_page_100"] = await _timed_reads(reads, lambda: client.workflow_service.list_workflow_executions(
@@ -517,6 +519,8 @@ async def standin_scale(bench: Bench, asked: int) -> None:
             notes=[f"STAND-IN ENGINE (bench/standin_engine.py), launched by berth's pipeline; no API answered on "
                    f"BERTH_API_PORT, so the API's query {query!r} was timed through Temporal's list_workflows", burst, contention],
         ))
+    if "console_first_page" in rows:
+        bench.add(console_row(bench, label, rows, []))
     bench.add(Row(
         "P5a", f"status read (`state` query of a DEPLOYED one), {label}", f"p99 <= {ms(READ_P99_TARGET_S)}",
         f"p50 {p(rows['state_query'], 50)} / p99 {p(rows['state_query'], 99)}", "-", "-",

@@ -24,6 +24,55 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"berth: {name}={raw!r} is not a number") from None
 
 
+# Where a node reads local models from, unless BERTH_MODEL_ROOTS says otherwise: the folders people
+# keep models in, in their home and on the machine (a data disk, a NAS mount). $BERTH_HOME/models
+# (presets, URL and hub downloads) is always allowed on top. Not /tmp, not a whole home: a model
+# path must not make an engine read the node's secrets (~/.ssh, the API token, a cloud credential).
+MODEL_ROOTS_ENV = "BERTH_MODEL_ROOTS"
+DEFAULT_MODEL_ROOTS = (
+    "~/models",
+    "~/Models",
+    "~/.cache/huggingface/hub",  # the Hugging Face cache: `hf download` puts snapshots there
+    "~/.lmstudio/models",
+    "~/.cache/lm-studio/models",
+    "/models",
+    "/srv",
+    "/mnt",
+    "/media",
+    "/data",
+    "/opt/models",
+    "/Volumes",  # macOS: external disks
+)
+
+
+# Set by `berth up` on the API it starts: the node the API runs beside, with the same files and
+# environment, so that the API can check a spec's model path against that node's roots.
+API_NODE_ENV = "BERTH_API_NODE"
+
+
+def _model_roots(env: Mapping[str, str], home: Path) -> tuple[Path, ...]:
+    """The folders local models may be read from: BERTH_MODEL_ROOTS (os.pathsep-separated absolute
+    folders, `~` for the home; empty: none but $BERTH_HOME/models) or DEFAULT_MODEL_ROOTS, then
+    $BERTH_HOME/models. Normalised, not resolved: links are followed where a path is checked."""
+    raw = env.get(MODEL_ROOTS_ENV)
+    entries = DEFAULT_MODEL_ROOTS if raw is None else tuple(raw.split(os.pathsep))
+    user_home = env.get("HOME") or str(Path.home())
+    roots: list[Path] = []
+    for entry in (entry.strip() for entry in entries):
+        if not entry:
+            continue
+        if entry == "~" or entry.startswith("~/"):
+            entry = user_home + entry[1:]
+        if not os.path.isabs(entry):
+            raise SystemExit(
+                f"berth: {MODEL_ROOTS_ENV}: {entry!r} is not an absolute folder; list absolute folders "
+                f"separated by {os.pathsep!r}, e.g. /srv/models{os.pathsep}/data/models"
+            )
+        roots.append(Path(os.path.normpath(entry)))
+    roots.append(home / "models")
+    return tuple(dict.fromkeys(roots))
+
+
 def _port_range(raw: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in raw.split("-", 1))
@@ -47,6 +96,8 @@ class Settings:
     temporal_address: str
     gateway_url: str
     api_url: str
+    # the folders local models may be read from ($BERTH_HOME/models among them): BERTH_MODEL_ROOTS
+    model_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -66,6 +117,7 @@ class Settings:
             temporal_address=env.get("BERTH_TEMPORAL_ADDRESS") or f"127.0.0.1:{temporal_port}",
             gateway_url=env.get("BERTH_GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}",
             api_url=env.get("BERTH_API_URL") or f"http://127.0.0.1:{api_port}",
+            model_roots=_model_roots(env, home),
         )
 
     @property

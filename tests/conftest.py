@@ -14,6 +14,18 @@ RECONCILE_INTERVAL_S = 2
 NODE_MEMORY_LIMIT = "640MiB"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_roots(tmp_path_factory):
+    """The tests write their models into pytest's temporary folders: the one model root of every
+    node they start (berth.settings.MODEL_ROOTS_ENV; $BERTH_HOME/models is always one too). Set in
+    this process, so that stacks (berth.testing.harness copies the environment) and activities run
+    here see it alike."""
+    root = str(tmp_path_factory.getbasetemp().resolve())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BERTH_MODEL_ROOTS", root)
+        yield root
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -32,6 +32,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SCHEMA = Path(__file__).parent / "fixtures" / "compose-spec.json"
 TOKEN = "a-test-token"
+SECRET_KEY = "a-test-secret-key-of-at-least-32-characters"
 BERTH_SERVICES = ("worker", "api")
 
 # BERTH_* names in berth's code that are not settings read from the environment.
@@ -57,6 +58,8 @@ DEFAULT_IS_RIGHT = {
     "BERTH_VLLM_RUNTIME": "vLLM runs in Docker unless vllm is installed in the worker's image",
     "BERTH_FAULT_INJECTION": "tests only: must stay unset in production",
     "BERTH_WORKFLOW_SANDBOX": "off: the replay tests run every recorded history in the sandbox instead",
+    "BERTH_MODEL_ROOTS": "the worker sees only BERTH_DATA: local models go in $BERTH_DATA/models, always a root",
+    "BERTH_API_NODE": "set by `berth up` on its API; compose's API shares no files with the node, which checks paths",
     "BERTH_ALLOW_UNSAFE_ENV": "off: env names that change how the engine loads code are refused (docs/security.md)",
     "BERTH_ALLOW_UNSAFE_ENGINE_ARGS": "off: engine flags that load code from outside the model are refused",
 }
@@ -64,9 +67,9 @@ DEFAULT_IS_RIGHT = {
 NEEDED = {
     "worker": {
         "BERTH_HOME", "BERTH_TEMPORAL_ADDRESS", "BERTH_GATEWAY_URL", "BERTH_API_URL", "BERTH_NODE_ID",
-        "BERTH_API_TOKEN",
+        "BERTH_API_TOKEN", "BERTH_SECRET_KEY",
     },
-    "api": {"BERTH_TEMPORAL_ADDRESS", "BERTH_API_TOKEN", "BERTH_API_HOST", "BERTH_API_PORT"},
+    "api": {"BERTH_TEMPORAL_ADDRESS", "BERTH_API_TOKEN", "BERTH_API_HOST", "BERTH_API_PORT", "BERTH_SECRET_KEY"},
 }
 
 
@@ -115,7 +118,7 @@ def raw() -> dict:
 
 @pytest.fixture(scope="module")
 def compose(raw) -> dict:
-    return interpolate(raw, {"BERTH_API_TOKEN": TOKEN})
+    return interpolate(raw, {"BERTH_API_TOKEN": TOKEN, "BERTH_SECRET_KEY": SECRET_KEY})
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -162,10 +165,12 @@ def test_the_file_is_valid_against_the_compose_specification_schema(compose):
     assert list(validator.iter_errors(broken)), "the schema must catch a malformed service"
 
 
-def test_every_dollar_interpolates_and_the_token_is_required(raw):
+def test_every_dollar_interpolates_and_the_token_and_the_secret_key_are_required(raw):
     with pytest.raises(MissingVariable, match="BERTH_API_TOKEN"):
-        interpolate(raw, {})
-    setup = interpolate(raw, {"BERTH_API_TOKEN": TOKEN})["services"]["temporal-setup"]["command"][0]
+        interpolate(raw, {"BERTH_SECRET_KEY": SECRET_KEY})
+    with pytest.raises(MissingVariable, match="BERTH_SECRET_KEY"):
+        interpolate(raw, {"BERTH_API_TOKEN": TOKEN})
+    setup = interpolate(raw, {"BERTH_API_TOKEN": TOKEN, "BERTH_SECRET_KEY": SECRET_KEY})["services"]["temporal-setup"]["command"][0]
     assert '"$name"' in setup and "$$" not in setup  # the shell sees its own variable
 
 
@@ -253,6 +258,7 @@ def test_every_variable_berth_reads_is_set_where_needed_or_has_a_right_default(c
         assert not unknown, f"{name}: berth reads no {sorted(unknown)}"
         assert "BERTH_FAULT_INJECTION" not in env
         assert env["BERTH_API_TOKEN"] == TOKEN
+        assert env["BERTH_SECRET_KEY"] == SECRET_KEY  # the API seals with the key the worker opens with
 
 
 # ---- wiring ------------------------------------------------------------------------------------
@@ -333,3 +339,16 @@ def test_temporal_runs_on_postgresql_with_berths_search_attributes(compose):
     assert 'search-attribute create --namespace default --name "$name" --type Keyword' in script
     for name in BERTH_SERVICES:
         assert services[name]["depends_on"]["temporal-setup"]["condition"] == "service_completed_successfully"
+
+
+def test_temporal_is_reachable_from_the_compose_network_and_the_hosts_loopback_only(compose):
+    """Whoever reaches Temporal's gRPC port or its UI drives every deployment, with no berth token
+    (docs/security.md): neither is published beyond 127.0.0.1, nor on the host's network, nor is
+    PostgreSQL (Temporal's history) published at all."""
+    services = compose["services"]
+    for name in ("temporal", "temporal-ui"):
+        assert services[name].get("network_mode") != "host", name
+        assert published(services[name]) and all(ip == "127.0.0.1" for ip, _ in published(services[name]).values())
+    assert published(services["temporal"])[7233] == ("127.0.0.1", 7233)
+    assert "ports" not in services["postgresql"] and services["postgresql"].get("network_mode") != "host"
+    assert "mTLS" in COMPOSE.read_text()  # the file says what exposing it takes

@@ -1,5 +1,6 @@
 """engine_args on the default install (the xllamacpp launcher) reach the engine; a spec started
-straight through Temporal (no API) with what the API refuses is refused by the node at launch."""
+straight through Temporal (no API) with what the API refuses is refused by the workflow before launch
+(tests/test_secrets_e2e.py starts one from the Temporal CLI itself)."""
 
 import httpx
 
@@ -32,7 +33,7 @@ async def test_engine_args_users_need_deploy_and_reach_the_engine(stack, api, ti
     wait_for_api_status(api, name, {"STOPPED"})
 
 
-async def test_a_spec_started_through_temporal_is_refused_by_the_node(stack, client, tiny_gguf, name):
+async def test_a_spec_started_through_temporal_is_refused_before_launch(stack, client, tiny_gguf, name):
     spec = DeploymentSpec(name=name, model=str(tiny_gguf), env={"LD_PRELOAD": "/tmp/evil.so"},
                           engine_args=["--host", "0.0.0.0"])
     await start_deployment(client, spec)

@@ -33,8 +33,8 @@ def test_a_kill_9_is_recorded_as_signal_9(tmp_path):
 def test_stop_group_ends_the_engine_and_its_children(tmp_path):
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     started = run(tmp_path, code, "t-2")
-    time.sleep(0.5)
-    assert len(process_runtime.group_members(started.wrapper_pid)) >= 3
+    # the wrapper, the engine and the engine's own child, once the engine has started it
+    assert _eventually(lambda: len(process_runtime.group_members(started.wrapper_pid)) >= 3)
     assert {p.pid for p in process_runtime.find_marked("t-2")} >= {started.pid, started.wrapper_pid}
     process_runtime.stop_group(started.wrapper_pid, grace_s=5)
     assert not process_runtime.group_members(started.wrapper_pid)
@@ -48,6 +48,14 @@ def test_a_reused_pid_is_not_mistaken_for_the_engine(tmp_path):
         assert not process_runtime.is_alive(started.pid, started.pid_create_time - 100)
     finally:
         process_runtime.stop_group(started.wrapper_pid, grace_s=1)
+
+
+def _eventually(condition, timeout_s=10.0) -> bool:
+    """Poll `condition` until it holds or the deadline passes; its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while not (held := condition()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return held
 
 
 def _wait_status(tmp_path, timeout_s=10):
@@ -71,9 +79,8 @@ def test_stop_instance_finds_unrecorded_leftovers_only_when_asked(tmp_path):
         stop_instance(records, "t-4", grace_s=1, containers=False, unrecorded=False)
         assert process_runtime.is_alive(started.pid, started.pid_create_time), "not looked for"
         stop_instance(records, "t-4", grace_s=1, containers=False)
-        deadline = time.monotonic() + 5
-        while process_runtime.is_alive(started.pid, started.pid_create_time) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not process_runtime.is_alive(started.pid, started.pid_create_time), "found by its marker and killed"
+        assert _eventually(lambda: not process_runtime.is_alive(started.pid, started.pid_create_time)), (
+            "found by its marker and killed"
+        )
     finally:
         process_runtime.stop_group(started.wrapper_pid, grace_s=1)

@@ -70,7 +70,7 @@ async def test_an_engine_no_deployment_owns_is_stopped_and_its_port_freed(stack,
         log_path=str(settings.logs_dir / "ghost.log"), log_offset=0,
         exit_file=str(records.exit_file(instance_id)), started_at=0,
     ))
-    write_route(settings.routes_dir, RouteRequest(deployment="ghost", port=port, engine="llamacpp"))
+    write_route(settings.routes_dir, RouteRequest(deployment="ghost", port=port, engine="llamacpp"), "tok")
     # and one engine that was never even recorded (its worker died between spawn and record)
     unrecorded = process_runtime.start(
         command, "ghost-unrecorded-1", settings.logs_dir / "ghost2.log", settings.run_dir / "x.exit"

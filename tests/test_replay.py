@@ -92,8 +92,13 @@ def test_the_recording_is_what_its_name_says(generation, kind):
         for event in events
         if event["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"
     ]
-    # placed by a local activity: a marker, before any activity task
-    assert local_activities(events) == ["place_deployment"] and "place_deployment" not in activities
+    # placed by a local activity: a marker, before any activity task; then the spec checked by
+    # another at the start of each pass (one per launch, none when stopped before the first pass)
+    local = local_activities(events)
+    assert local[0] == "place_deployment" and set(local[1:]) <= {"check_spec"}
+    assert not {"place_deployment", "check_spec"} & set(activities)
+    if kind != "stop-early":
+        assert local.count("check_spec") == max(1, activities.count("launch_engine"))
     marker = next(i for i, event in enumerate(events) if event["eventType"] == "EVENT_TYPE_MARKER_RECORDED"
                   and event["markerRecordedEventAttributes"]["markerName"] == "core_local_activity")
     assert "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED" not in types[:marker]
@@ -110,6 +115,8 @@ def test_the_recording_is_what_its_name_says(generation, kind):
     assert re.search(r"s+rp+$", teardown), activities[-6:]
     if kind == "stop-early":
         assert "launch_engine" not in activities
+    elif kind == "refused":  # check_spec refused it: nothing but the teardown ran on the node
+        assert set(activities) == {"stop_engine", "remove_route", "release_port"}  # at FAILED, at stop
     else:
         assert activities[:2] == ["allocate_port", "prepare_files"], "the port beside the files, first"
         assert "supervise" in activities or kind == "failure"

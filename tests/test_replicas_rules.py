@@ -103,7 +103,7 @@ def test_state_counts_ready_and_degraded():
 
 
 def test_one_server_keeps_the_route_as_it_was_several_get_p2c_and_retry():
-    one = route_config(RouteRequest(deployment="q", ports=[9000], engine="llamacpp"), None)["http"]
+    one = route_config(RouteRequest(deployment="q", ports=[9000], engine="llamacpp"), "tok")["http"]
     assert one["services"]["berth-q"]["loadBalancer"] == {"servers": [{"url": "http://127.0.0.1:9000"}]}
     assert list(one["middlewares"]) == ["berth-q_strip"]
     many = route_config(RouteRequest(deployment="q", ports=[9000, 9001], engine="llamacpp"), "tok")["http"]

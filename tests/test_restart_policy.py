@@ -25,6 +25,7 @@ POLICY = RestartPolicy(max_attempts=3, backoff_initial_s=1, backoff_max_s=60)
         (C.OOM, 0, S.FAILED, 0, 0),
         (C.MODEL_LOADING_FAILURE, 0, S.FAILED, 0, 0),
         (C.ENGINE_UNAVAILABLE, 0, S.FAILED, 0, 0),
+        (C.NODE_MISCONFIGURED, 0, S.FAILED, 0, 0),
         (C.MUST_REDOWNLOAD, 0, S.MUST_REDOWNLOAD, 0, 0),
     ],
 )

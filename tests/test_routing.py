@@ -9,18 +9,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 import yaml
+from temporalio.exceptions import ApplicationError
 
 from berth.common import atomic_write
 from berth.node.route_publisher import RoutePublisher
 from berth.node.route_table import LOCK_FILE, ROUTES_FILE, STAGING_DIR, RouteTable, RouteTableError
 from berth.node.routes import adopt_route_files, delete_route, route_config, routed, write_route
-from berth.common.api_token import load_api_token
+from berth.common.api_token import ensure_api_token, load_api_token
+from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import RouteRequest
 from berth.settings import Settings
 
 
 def test_route_strips_the_prefix_and_points_at_the_engine_alone():
-    config = route_config(RouteRequest(deployment="qwen", port=20001, engine="llamacpp"), None)
+    config = route_config(RouteRequest(deployment="qwen", port=20001, engine="llamacpp", public=True), None)
     router = config["http"]["routers"]["berth-qwen"]
     assert router["rule"] == "PathPrefix(`/models/qwen/`)"
     assert router["middlewares"] == ["berth-qwen_strip"]
@@ -44,6 +46,21 @@ def test_a_token_that_cannot_stand_in_a_rule_gets_only_the_checked_router():
     assert list(routers) == ["berth-q_auth"]
 
 
+def test_without_a_token_no_route_but_a_public_one_is_made(caplog):
+    """Fail closed: a worker with no token publishes no route without the token check; it says why."""
+    with pytest.raises(ApplicationError) as refused:
+        route_config(RouteRequest(deployment="qwen", port=1, engine="llamacpp"), None)
+    assert refused.value.type == ErrorCode.NODE_MISCONFIGURED.value and refused.value.non_retryable
+    failure = Failure.model_validate(refused.value.details[0])
+    assert failure.code is ErrorCode.NODE_MISCONFIGURED
+    for words in ("no API token", "qwen", "BERTH_API_TOKEN", "$BERTH_HOME/api-token", "public: true"):
+        assert words in failure.message, words
+    assert "route for qwen refused" in caplog.text
+    with pytest.raises(ApplicationError):
+        route_config(RouteRequest(deployment="qwen", port=1, engine="llamacpp"), "")
+    assert list(route_config(RouteRequest(deployment="q", port=1, engine="llamacpp", public=True), None)["http"]["routers"]) == ["berth-q"]
+
+
 def test_a_public_deployment_has_no_auth():
     request = RouteRequest(deployment="q", port=1, engine="llamacpp", public=True)
     routers = route_config(request, "token")["http"]["routers"]
@@ -52,9 +69,9 @@ def test_a_public_deployment_has_no_auth():
 
 def test_write_route_is_atomic_and_idempotent(tmp_path):
     request = RouteRequest(deployment="qwen", port=20001, engine="llamacpp")
-    path = write_route(tmp_path, request)
+    path = write_route(tmp_path, request, "tok")
     first = path.stat().st_mtime_ns
-    assert write_route(tmp_path, request) == path
+    assert write_route(tmp_path, request, "tok") == path
     assert path.stat().st_mtime_ns == first, "an unchanged route is not rewritten"
     assert yaml.safe_load(path.read_text())["http"]["services"]["berth-qwen"], "Traefik reads it as YAML"
     assert sorted(p.name for p in tmp_path.iterdir()) == [STAGING_DIR, ROUTES_FILE]
@@ -67,7 +84,7 @@ def test_the_route_table_appears_in_the_watched_folder_only_by_its_final_rename(
     made_in = []
     real_mkstemp = atomic_write.tempfile.mkstemp
     monkeypatch.setattr(atomic_write.tempfile, "mkstemp", lambda **kw: made_in.append(kw["dir"]) or real_mkstemp(**kw))
-    write_route(tmp_path, RouteRequest(deployment="qwen", port=20001, engine="llamacpp"))
+    write_route(tmp_path, RouteRequest(deployment="qwen", port=20001, engine="llamacpp"), "tok")
     assert made_in == [tmp_path / STAGING_DIR]
     assert (tmp_path / ROUTES_FILE).stat().st_mode & 0o777 == 0o600, "it holds the token"
 
@@ -92,9 +109,9 @@ def test_routes_of_deployments_whose_names_prefix_each_other_stay_apart(tmp_path
 def test_each_change_is_read_again_by_other_writers(tmp_path):
     # the worker and, say, a test write the same table: each write starts from the file as it is
     mine, theirs = RouteTable(tmp_path), RouteTable(tmp_path)
-    mine.apply({"a": route_config(RouteRequest(deployment="a", port=1, engine="llamacpp"), None)})
-    theirs.apply({"b": route_config(RouteRequest(deployment="b", port=2, engine="llamacpp"), None)})
-    mine.apply({"c": route_config(RouteRequest(deployment="c", port=3, engine="llamacpp"), None)})
+    mine.apply({"a": route_config(RouteRequest(deployment="a", port=1, engine="llamacpp"), "tok")})
+    theirs.apply({"b": route_config(RouteRequest(deployment="b", port=2, engine="llamacpp"), "tok")})
+    mine.apply({"c": route_config(RouteRequest(deployment="c", port=3, engine="llamacpp"), "tok")})
     assert RouteTable(tmp_path).deployments() == {"a", "b", "c"}
     assert theirs.deployments() == {"a", "b", "c"}
 
@@ -102,7 +119,7 @@ def test_each_change_is_read_again_by_other_writers(tmp_path):
 def test_a_damaged_route_table_is_named_not_overwritten(tmp_path):
     (tmp_path / ROUTES_FILE).write_text("{not json")
     with pytest.raises(RouteTableError, match=ROUTES_FILE):
-        write_route(tmp_path, RouteRequest(deployment="a", port=1, engine="llamacpp"))
+        write_route(tmp_path, RouteRequest(deployment="a", port=1, engine="llamacpp"), "tok")
     assert (tmp_path / ROUTES_FILE).read_text() == "{not json"
 
 
@@ -112,7 +129,7 @@ async def test_changes_that_come_together_are_written_together(tmp_path, monkeyp
     real_apply = table.apply
     monkeypatch.setattr(table, "apply", lambda changes: writes.append(dict(changes)) or real_apply(changes))
     publisher = RoutePublisher(table)
-    config = {f"d{i}": route_config(RouteRequest(deployment=f"d{i}", port=i + 1, engine="llamacpp"), None)
+    config = {f"d{i}": route_config(RouteRequest(deployment=f"d{i}", port=i + 1, engine="llamacpp"), "tok")
               for i in range(30)}
     await publisher.put("d0", config["d0"])
     assert writes == [{"d0": config["d0"]}], "a lone change is written at once"
@@ -126,7 +143,7 @@ async def test_changes_that_come_together_are_written_together(tmp_path, monkeyp
 async def test_a_failed_write_fails_the_changes_waiting_for_it_and_the_next_one_goes(tmp_path, monkeypatch):
     table = RouteTable(tmp_path)
     publisher = RoutePublisher(table)
-    route = route_config(RouteRequest(deployment="a", port=1, engine="llamacpp"), None)
+    route = route_config(RouteRequest(deployment="a", port=1, engine="llamacpp"), "tok")
     real_apply = table.apply
     monkeypatch.setattr(table, "apply", lambda changes: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
@@ -153,7 +170,10 @@ def test_route_files_of_an_earlier_berth_are_adopted(tmp_path):
     (settings.routes_dir / "broken.yml").write_text("http: [")
     by_hand = {"http": {"services": {"mine": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:9"}]}}}}}
     (settings.routes_dir / "mine.yml").write_text(yaml.safe_dump(by_hand))
-    assert adopt_route_files(settings) == ["old", "pub"]
+    assert adopt_route_files(settings) == ["pub"], "no token: the route that needs one is not remade (fail closed)"
+    assert (settings.routes_dir / "old.yml").exists(), "it stays as it was, with its forwardAuth"
+    ensure_api_token(settings, env={})
+    assert adopt_route_files(settings) == ["old"]
     table = RouteTable(settings.routes_dir)
     assert table.route("old") == route_config(RouteRequest(deployment="old", port=20005, engine=""), load_api_token(settings))
     assert table.route("pub") == route_config(RouteRequest(deployment="pub", port=20006, engine="", public=True), None)

@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from berth.activities.placement import check_spec
 from berth.node.ports import registry
 from berth.domain.pipeline import (
     ALLOCATE_PORT,
@@ -378,7 +379,7 @@ async def test_stop_during_each_pipeline_step(standin_env, step):
     name = f"held-{step.replace('_', '-')}"
     control = Worker(
         client, task_queue=CONTROL_TASK_QUEUE, workflows=[DeploymentWorkflow],
-        activities=standins.activities()[:1],
+        activities=[*standins.activities()[:1], check_spec],  # the real check_spec
     )
     node = Worker(client, task_queue=node_task_queue(StandIns.NODE), activities=standins.activities()[1:])
     async with control, node:
@@ -415,7 +416,7 @@ async def test_retry_during_a_pipeline_step_is_not_lost(standin_env):
     name = "held-retry"
     control = Worker(
         client, task_queue=CONTROL_TASK_QUEUE, workflows=[DeploymentWorkflow],
-        activities=standins.activities()[:1],
+        activities=[*standins.activities()[:1], check_spec],  # the real check_spec
     )
     node = Worker(client, task_queue=node_task_queue(StandIns.NODE), activities=standins.activities()[1:])
     async with control, node:

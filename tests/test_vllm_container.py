@@ -25,7 +25,7 @@ from berth.domain.pipeline import LaunchRequest, ReadyRequest
 from berth.engines.base import Readiness
 from berth.engines.flags import EngineArgsError
 from berth.engines.registry import get_engine
-from berth.engines.vllm import VllmEngine
+from berth.engines.vllm import UnsafeMount, VllmEngine, container_mounts
 from berth.settings import Settings
 from berth.testing.fake_docker import FakeDocker
 from berth.testing.harness import free_port
@@ -92,10 +92,9 @@ def test_the_exact_container_request(fake_docker, model_dir, tmp_path):
     ]
     assert host["PortBindings"] == {"20001/tcp": [{"HostIp": "127.0.0.1", "HostPort": "20001"}]}
     assert body["ExposedPorts"] == {"20001/tcp": {}}
-    assert sorted(host["Binds"]) == sorted([
-        f"{tmp_path / 'hf-cache'}:/root/.cache/huggingface:rw",
-        f"{model_dir}:/models/Qwen2.5-0.5B-Instruct:ro",
-    ])
+    # of the host's files the model's own folder alone, read-only: not the user's HF cache (HF_HOME)
+    assert host["Binds"] == [f"{model_dir}:/models/Qwen2.5-0.5B-Instruct:ro"]
+    assert "Mounts" not in host and "VolumesFrom" not in host
     assert host["IpcMode"] == "host"
     assert body["Labels"] == {
         "berth.instance": "qwen-1a2b3c4d",
@@ -105,7 +104,7 @@ def test_the_exact_container_request(fake_docker, model_dir, tmp_path):
         "berth.home": str(settings().home),
     }
     assert body["Env"] == ["HF_HUB_OFFLINE=1"]
-    assert (tmp_path / "hf-cache").is_dir()  # made by us, not by Docker as root
+    assert not (tmp_path / "hf-cache").exists()  # nothing of it is mounted, nor made
 
     container_id = fake_docker.containers[handle.container_id].id
     assert fake_docker.requests_to("POST", f"/containers/{container_id}/start")
@@ -123,8 +122,60 @@ def test_gpu_ids_and_a_hub_model(fake_docker, tmp_path):
     ]
     assert body["Cmd"][2:4] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
     assert "--max-model-len" not in body["Cmd"]
-    assert body["HostConfig"]["Binds"] == [f"{tmp_path / 'hf-cache'}:/root/.cache/huggingface:rw"]
+    # vLLM fetches a hub repo id itself, into berth's own hub cache (made by berth, not by Docker as root)
+    hub_cache = settings().models_dir / "hub"
+    assert body["HostConfig"]["Binds"] == [f"{hub_cache}:/root/.cache/huggingface/hub:rw"]
+    assert hub_cache.is_dir()
     assert body["Env"] == ["VLLM_LOGGING_LEVEL=DEBUG"]  # host GPU numbers are Docker's business
+
+
+def test_one_safetensors_file_mounts_its_folder_and_a_hub_snapshot_its_repo(fake_docker, model_dir):
+    hub_cache = settings().models_dir / "hub"
+    snapshot = hub_cache / "models--org--tiny" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for model, bind, served in [
+        (model_dir / "model.safetensors", f"{model_dir}:/models/Qwen2.5-0.5B-Instruct:ro",
+         "/models/Qwen2.5-0.5B-Instruct"),
+        # the snapshot's files are links to ../../blobs/<hash>: the repo's folder goes in whole
+        (snapshot, f"{hub_cache / 'models--org--tiny'}:/models/models--org--tiny:ro",
+         "/models/models--org--tiny/snapshots/0123abcd"),
+    ]:
+        launch(settings(), request(str(model)))
+        body = created(fake_docker)[-1].body
+        assert body["HostConfig"]["Binds"] == [bind]
+        assert body["Cmd"][body["Cmd"].index("--model") + 1] == served
+        stop_instance(EngineRecords(settings().run_dir), "qwen-1a2b3c4d")
+
+
+@pytest.mark.parametrize("model", ["/", "/model.safetensors", "/srv/odd:name/model"])
+def test_no_model_path_mounts_the_hosts_root_or_a_path_docker_misreads(fake_docker, model):
+    with pytest.raises(ApplicationError) as raised:
+        launch(settings(), request(model))
+    assert failure_of(raised.value)["code"] == "MODEL_LOADING_FAILURE"
+    assert created(fake_docker) == [], "nothing asked of Docker"
+
+
+@pytest.mark.parametrize("model, is_dir, mounts, served", [
+    ("/srv/models/Qwen", True, {"/srv/models/Qwen": "/models/Qwen"}, "/models/Qwen"),
+    ("/srv/models/Qwen/", True, {"/srv/models/Qwen": "/models/Qwen"}, "/models/Qwen"),
+    ("/srv/models/Qwen/model.safetensors", False, {"/srv/models/Qwen": "/models/Qwen"}, "/models/Qwen"),
+    ("/srv/models/q.gguf", False, {"/srv/models": "/models/models"}, "/models/models/q.gguf"),
+    ("/h/models/hub/models--o--r/snapshots/c1", True, {"/h/models/hub/models--o--r": "/models/models--o--r"},
+     "/models/models--o--r/snapshots/c1"),
+    ("/h/models/hub/models--o--r/snapshots/c1/w.safetensors", False,
+     {"/h/models/hub/models--o--r": "/models/models--o--r"}, "/models/models--o--r/snapshots/c1"),
+])
+def test_container_mounts_one_folder_read_only(model, is_dir, mounts, served):
+    volumes, inside = container_mounts(model, Path("/berth/models/hub"), is_dir=lambda _: is_dir)
+    assert {host: bind["bind"] for host, bind in volumes.items()} == mounts
+    assert {bind["mode"] for bind in volumes.values()} == {"ro"}
+    assert inside == served
+
+
+@pytest.mark.parametrize("model", ["/", "//", "/x.safetensors", "/x.gguf", "/srv/..", "/srv/a,b/m.gguf"])
+def test_container_mounts_refuses_the_root_and_what_binds_cannot_hold(model):
+    with pytest.raises(UnsafeMount):
+        container_mounts(model, Path("/berth/models/hub"), is_dir=lambda path: path in ("/", "//"))
 
 
 def test_engine_args_override_berths_defaults_never_its_own_flags():
@@ -457,7 +508,7 @@ def test_engine_patterns_agree_with_the_log_fixtures(engine):
 
 
 def test_container_runtime_needs_the_instance_label():
-    spec = VllmEngine().container_request(request("/m"))
+    spec = VllmEngine().container_request(request("/srv/models/m"))
     unlabelled = type(spec)(**{**spec.__dict__, "labels": {}})
     with pytest.raises(ValueError, match="berth.instance"):
         container_runtime.launch(unlabelled)

@@ -1,13 +1,19 @@
 """The REST API: FastAPI over the Temporal facade. `create_app` builds it; berth.api.server serves it."""
 
-from fastapi import Depends, FastAPI
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from berth.api import routes_deployments, routes_engines
+from berth.api import routes_deployments, routes_engines, routes_keys, routes_plan
+from berth.api.auth_check import AuthCheck, check_answer, identify
+from berth.api.console import install_console
+from berth.api.dependencies import bearer_scheme
 from berth.common.api_token import ensure_api_token
-from berth.api.dependencies import require_token
-from berth.api.errors import ERROR_RESPONSES, install_error_handlers
+from berth.api.errors import ApiError, ErrorBody, install_error_handlers
 from berth.api.facade import Deployments
+from berth.api.inference_keys import KeyStore
 from berth.api.limits import BodySizeLimit, RequestLimits
 from berth.domain.spec import NAME_PATTERN
 from berth.settings import Settings
@@ -15,9 +21,12 @@ from berth.settings import Settings
 DESCRIPTION = """Deploy models and follow them. Every deployment is the Temporal workflow
 `deployment-<name>`; this API starts, queries and signals it.
 
-Every route but `/healthz` needs `Authorization: Bearer <token>`, the token being in
-`$BERTH_HOME/api-token` (created by `berth up`) or `BERTH_API_TOKEN`. Errors are
-`{"error": {"code": ..., "message": ...}}`.
+Every route but `/healthz` needs `Authorization: Bearer <admin token>`, the token being in
+`$BERTH_HOME/api-token` (created by `berth up`) or `BERTH_API_TOKEN`. Inference keys
+(`/v1/keys`) open model endpoints through the gateway and nothing here: one sent to a route of
+this API is a 403. Errors are `{"error": {"code": ..., "message": ...}}`. The web console at
+`/ui` is served here too; it answers to its own session cookie, and its routes are not part of
+this schema.
 
 A method a path does not take is a 405 in that shape, with an `Allow` header naming the methods
 it takes. Limits: a request path of at most 1024 characters, a query string of at most 8192, a
@@ -30,7 +39,7 @@ class Health(BaseModel):
     status: str = "ok"
 
 
-class AuthCheck(BaseModel):
+class AuthCheckAnswer(BaseModel):
     authenticated: bool = True
 
 
@@ -39,11 +48,17 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.state.settings = settings
     app.state.token = token or ensure_api_token(settings)
     app.state.deployments = facade or Deployments(settings)
+    app.state.keys = KeyStore(settings.home)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestLimits)
+    # outermost: the gateway's check reads no body and one exact path; nothing else runs before it
+    app.add_middleware(AuthCheck, state=app.state)
     app.include_router(routes_deployments.router)
     app.include_router(routes_engines.router)
+    app.include_router(routes_keys.router)
+    app.include_router(routes_plan.router)
+    install_console(app)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The API process is up (no token)")
     async def healthz() -> Health:
@@ -51,18 +66,35 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
 
     @app.get(
         "/v1/auth/check",
-        response_model=AuthCheck,
-        dependencies=[Depends(require_token)],
-        responses={401: ERROR_RESPONSES[401]},
+        response_model=AuthCheckAnswer,
+        responses={
+            401: {"model": ErrorBody, "description": "no token, a wrong one, or an unknown or revoked inference key"},
+            403: {"model": ErrorBody, "description": "an inference key that does not open the deployment of X-Forwarded-Uri"},
+            503: {"model": ErrorBody, "description": "the keys file is damaged: no inference key is taken"},
+        },
         tags=["auth"],
-        summary="200 with a valid bearer token, 401 without (the gateway's forwardAuth asks this)",
+        summary="Whether a request may pass the gateway (its forwardAuth asks this)",
     )
-    async def auth_check() -> AuthCheck:
-        """GET only: Traefik's forwardAuth asks with GET whatever the method of the request it
+    async def auth_check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+        x_forwarded_uri: Annotated[str | None, Header(description="set by the gateway: the request's path")] = None,
+    ) -> AuthCheckAnswer:
+        """200 for the admin token; 200 for an inference key that opens the deployment named by
+        `X-Forwarded-Uri` (`/models/<name>/...`, which the gateway sets); 403 for a key that does
+        not; 401 for no token, a wrong one, or an unknown or revoked key. Answered by a small
+        middleware before this route is reached (berth.api.auth_check).
+
+        GET only: Traefik's forwardAuth asks with GET whatever the method of the request it
         guards (it would forward that method only with `preserveRequestMethod`, which berth's
         gateway configuration does not set), so a chat POST through the gateway is checked here
         with a GET. Any other method is a 405."""
-        return AuthCheck()
+        state = request.app.state  # reached only without the middleware: the same answer, slower
+        caller = identify(credentials.credentials if credentials else None, state.token, state.keys)
+        status, code, message = check_answer(caller, x_forwarded_uri)
+        if status != 200:
+            raise ApiError(status, code, message)
+        return AuthCheckAnswer()
 
     _document_400_not_422(app)
     return app

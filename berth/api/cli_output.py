@@ -96,6 +96,8 @@ def state_text(state: dict, transitions: int = 5) -> str:
         rows.append(("download", progress_text(state["download"])))
     if state.get("context_size") or spec.get("context_size"):
         rows.append(("context", str(state.get("context_size") or spec.get("context_size"))))
+    if spec.get("env"):  # names only: the API never answers a value, nor does this
+        rows.append(("env", f"{', '.join(sorted(spec['env']))} (values hidden)"))
     rows.append(("endpoint", state.get("endpoint") or "-"))
     instances = state.get("instances") or []
     replicas = state.get("replicas", 1)

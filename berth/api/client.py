@@ -92,6 +92,22 @@ class BerthApi:
             params["instance"] = instance
         return self._call("GET", f"/v1/deployments/{name}/logs", params=params)
 
+    def create_key(self, name: str | None = None, deployments: "list[str] | None" = None) -> dict:
+        body: dict[str, Any] = {}
+        if name:
+            body["name"] = name
+        if deployments is not None:
+            body["deployments"] = deployments
+        return self._call("POST", "/v1/keys", json=body)
+
+    def list_keys(self) -> "list[dict]":
+        return self._call("GET", "/v1/keys")["keys"]
+
+    def revoke_key(self, key_id: str) -> dict:
+        from urllib.parse import quote
+
+        return self._call("DELETE", f"/v1/keys/{quote(key_id, safe='')}")
+
     # ---- plumbing -------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs) -> Any:

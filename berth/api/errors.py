@@ -18,6 +18,7 @@ STATUS_OF = {BadRequest: 400, NotFound: 404, Conflict: 409, Unavailable: 503}
 HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -40,6 +41,7 @@ ERROR_RESPONSES = {
     for status, description in (
         (400, "invalid input: the message names each field and what to change"),
         (401, "missing or wrong bearer token"),
+        (403, "an inference key: it opens model endpoints only, the API takes the admin token"),
         (404, "no deployment of that name"),
         (409, "a deployment of that name exists and is not stopped"),
         (413, "request body over 1 MiB"),

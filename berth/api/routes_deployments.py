@@ -23,7 +23,7 @@ router = APIRouter(
     prefix="/v1/deployments",
     tags=["deployments"],
     dependencies=[Depends(require_token)],
-    responses={code: ERROR_RESPONSES[code] for code in (400, 401, 404, 503)},
+    responses={code: ERROR_RESPONSES[code] for code in (400, 401, 403, 404, 503)},
 )
 
 Facade = Annotated[Deployments, Depends(deployments)]

@@ -14,12 +14,14 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from berth.api.dependencies import require_token
+from berth.api.facade.model_paths import local_model_refusal
 from berth.api.errors import ERROR_RESPONSES
 from berth.domain.hardware import Hardware
 from berth.domain.spec import EngineName
 from berth.engines.registry import ENGINES
 from berth.engines.selection import SelectionRefused, assess_engines, select_engine
 from berth.models.presets import missing_model_message, preset_for
+from berth.settings import Settings
 
 REMOTE_PREFIXES = ("http://", "https://", "hf:")
 
@@ -27,7 +29,7 @@ router = APIRouter(
     prefix="/v1/engines",
     tags=["engines"],
     dependencies=[Depends(require_token)],
-    responses={code: ERROR_RESPONSES[code] for code in (400, 401)},
+    responses={code: ERROR_RESPONSES[code] for code in (400, 401, 403)},
 )
 
 
@@ -74,7 +76,9 @@ def engines_report(model: str | None = None, engine: str = "auto", hardware: Har
     from berth.node.engine_choice import model_bytes_of, model_format_of
 
     hardware = hardware or probe_hardware()
-    model_format = model_format_of(model) if model else None
+    # a local path outside this machine's model roots is not looked at (nothing said of it but that)
+    outside = local_model_refusal(model, Settings.from_env().model_roots) if model else None
+    model_format = model_format_of(model) if model and not outside else None
     engines = []
     for name, registered in sorted(ENGINES.items()):
         formats = sorted(registered.formats)
@@ -92,6 +96,9 @@ def engines_report(model: str | None = None, engine: str = "auto", hardware: Har
     if model is None:
         return EnginesReport(hardware=hardware, engines=engines)
 
+    if outside:
+        info = ModelInfo(reference=model, format=None, found=False)
+        return EnginesReport(hardware=hardware, engines=engines, model=info, selection=EngineRefused(refused=outside))
     preset = preset_for(model)
     found = os.path.exists(os.path.expanduser(model))  # False, not an error, for a name no file can have
     size = model_bytes_of(model) or (preset.size_bytes if preset and preset.size_bytes else None)

@@ -156,6 +156,15 @@ def _engine_unavailable(facts: GuidanceFacts) -> str:
     )
 
 
+def _node_misconfigured(facts: GuidanceFacts) -> str:
+    return (
+        "The node's worker has no API token, so it cannot publish a route that checks who calls (it "
+        "publishes none rather than an open one). Give the worker the token: set BERTH_API_TOKEN, or "
+        "put the API's token in $BERTH_HOME/api-token on the node; then run "
+        f"{_retry(facts)}. A deployment meant to be open to anyone can be deployed with public: true."
+    )
+
+
 def _transient(facts: GuidanceFacts) -> str:
     return "A temporary fault interrupted the deployment (for example a node that went away). berth retries it automatically; there is nothing to do."
 
@@ -169,6 +178,7 @@ _GUIDES = {
     ErrorCode.RUNTIME_ERROR: _runtime,
     ErrorCode.MUST_REDOWNLOAD: _redownload,
     ErrorCode.ENGINE_UNAVAILABLE: _engine_unavailable,
+    ErrorCode.NODE_MISCONFIGURED: _node_misconfigured,
     ErrorCode.TRANSIENT: _transient,
 }
 

@@ -10,6 +10,7 @@ from berth.domain.memory import ResourcePlan
 
 # Registered activity names: the workflow schedules activities by these.
 PLACE_DEPLOYMENT = "place_deployment"
+CHECK_SPEC = "check_spec"
 ALLOCATE_PORT = "allocate_port"
 RELEASE_PORT = "release_port"
 CONFIGURE_ROUTE = "configure_route"
@@ -24,6 +25,15 @@ STOP_ENGINE = "stop_engine"
 class EngineChoice(BaseModel):
     engine: str
     reasons: list[str] = Field(default_factory=list)
+
+
+class SpecCheck(BaseModel):
+    """What check_spec judges of a spec: what it asks the node to run. Env names only: the values
+    (sealed, or in clear from the Temporal CLI) do not decide anything and stay out of the request."""
+
+    engine: str
+    engine_args: list[str] = Field(default_factory=list)
+    env_names: list[str] = Field(default_factory=list)
 
 
 class PortRequest(BaseModel):

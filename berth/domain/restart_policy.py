@@ -6,9 +6,9 @@ from berth.domain.errors import ErrorCode
 from berth.domain.spec import RestartPolicy
 from berth.domain.status import DeploymentStatus
 
-# Codes that a retry with the same spec cannot fix.
+# Codes that an automatic restart cannot fix: the spec (or, for NODE_MISCONFIGURED, the node) must change.
 NEEDS_A_CHANGE = frozenset(
-    {ErrorCode.OOM, ErrorCode.MODEL_LOADING_FAILURE, ErrorCode.ENGINE_UNAVAILABLE}
+    {ErrorCode.OOM, ErrorCode.MODEL_LOADING_FAILURE, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.NODE_MISCONFIGURED}
 )
 # STARTUP_TIMEOUT is retried once with the same spec (a cold cache, a busy disk), then FAILED.
 STARTUP_TIMEOUT_ATTEMPTS = 1
@@ -27,7 +27,7 @@ def decide(code: ErrorCode, attempts_so_far: int, policy: RestartPolicy) -> Deci
     if code is ErrorCode.MUST_REDOWNLOAD:
         return Decision(DeploymentStatus.MUST_REDOWNLOAD, 0, reason="the model files must be fetched again")
     if code in NEEDS_A_CHANGE:
-        return Decision(DeploymentStatus.FAILED, 0, reason="restarting with the same spec cannot fix this")
+        return Decision(DeploymentStatus.FAILED, 0, reason="restarting as it is cannot fix this")
     limit = policy.max_attempts
     if code is ErrorCode.STARTUP_TIMEOUT:
         limit = min(limit, STARTUP_TIMEOUT_ATTEMPTS)

@@ -86,7 +86,11 @@ class DeploymentSpec(BaseModel):
     )
     startup_timeout_s: float = Field(600.0, gt=0, le=86400, description="budget to become ready")
     engine_args: list[str] = Field(default_factory=list, description="extra arguments for the engine")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the engine")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra environment for the engine; values are write-only: sealed on their way to "
+        "Temporal and shown as '***' in every answer",
+    )
     public: bool = Field(False, description="serve the model endpoint without the API token")
     node: str | None = Field(None, description="node to run on; default: the node that places it")
     restart: RestartPolicy = Field(default_factory=RestartPolicy)

@@ -3,8 +3,11 @@ installed next to berth.
 
 The container gets every GPU (or those named by CUDA_VISIBLE_DEVICES in the deployment's env)
 through a Docker device request, the host's IPC namespace (PyTorch shares memory between vLLM's
-processes), the Hugging Face cache, the model folder read-only when the model is a local path, and
-its port published on 127.0.0.1 only: the router is the one door.
+processes), its port published on 127.0.0.1 only (the router is the one door), and of the host's
+files one folder (container_mounts): a local model's own folder, read-only (the file's folder, or
+the model folder; for a model in berth's hub cache, its repo's folder there, whose snapshot links
+point into its blobs), or, for a hub repo id vLLM fetches itself, berth's own hub cache
+($BERTH_HOME/models/hub). Never `/`, never the user's Hugging Face cache or home.
 
 vLLM's /health: connection refused while it starts (the API server listens only once the model is
 loaded), 200 when healthy, 503 once the engine has died (the API server may outlive it).
@@ -14,7 +17,7 @@ import importlib.util
 import os
 import re
 import sys
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import httpx
 
@@ -34,11 +37,16 @@ from berth.engines.base import (
     instance_labels,
 )
 from berth.engines.vllm_flags import TABLE
+from berth.settings import Settings
 
 DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 DEFAULT_GPU_MEMORY_UTILIZATION = "0.9"
-HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
+HUB_CACHE_IN_CONTAINER = "/root/.cache/huggingface/hub"  # $HF_HOME/hub of the image's root user
 MODELS_IN_CONTAINER = "/models"
+
+
+class UnsafeMount(ValueError):
+    """A model path that cannot become the container's one bind mount; the message says why."""
 
 
 def vllm_image() -> str:
@@ -46,9 +54,52 @@ def vllm_image() -> str:
     return os.environ.get("BERTH_VLLM_IMAGE") or DEFAULT_IMAGE
 
 
-def hf_cache_dir() -> Path:
-    """The host's Hugging Face cache: $HF_HOME, else ~/.cache/huggingface."""
-    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+def hub_cache_dir() -> Path:
+    """berth's own Hugging Face hub cache on this node (berth.models.fetch downloads into it)."""
+    return Settings.from_env().models_dir / "hub"
+
+
+def hub_repo_index(parts: list[str]) -> int | None:
+    """Where `models--org--repo` is among a path's parts when the path lies in its snapshots/ (the
+    hub cache's layout, berth's or a user's), else None."""
+    for index in range(len(parts) - 2, 0, -1):
+        if parts[index].startswith("models--") and parts[index + 1] == "snapshots":
+            return index
+    return None
+
+
+def container_mounts(model: str, hub_cache: Path, is_dir=os.path.isdir) -> tuple[dict[str, dict[str, str]], str]:
+    """The container's bind mounts ({host path: {"bind", "mode"}}) for `model`, and the model as
+    vLLM inside sees it. A local path (prepare_files has resolved it and checked it against the
+    node's model roots) mounts its own folder read-only (in a hub cache: its repo's folder, so that
+    the snapshot's links reach the blobs); anything else is a hub repo id, which vLLM
+    fetches into berth's hub cache. UnsafeMount for what no mount may be (`/`, a ':' Docker's bind
+    syntax cannot hold)."""
+    if not model.startswith("/"):
+        return {str(hub_cache): {"bind": HUB_CACHE_IN_CONTAINER, "mode": "rw"}}, model
+    path = os.path.normpath(model)
+    parts = path.split(os.sep)
+    repo = hub_repo_index(parts)
+    if repo is not None:  # a hub cache's models--org--repo/snapshots/<commit>/...: links into its blobs/
+        folder, inside = os.sep.join(parts[: repo + 1]), parts[repo:]
+        if inside[-1].endswith(".safetensors"):  # one weights file: serve its snapshot folder
+            inside.pop()
+    elif is_dir(path):
+        folder, inside = path, [os.path.basename(path)]
+    else:
+        folder = os.path.dirname(path)
+        inside = [os.path.basename(folder)]
+        if not path.endswith(".safetensors"):  # one weights file is served as its folder
+            inside.append(os.path.basename(path))
+    if folder == os.sep or not os.path.basename(folder):
+        raise UnsafeMount(f"the model {model!r} would mount the host's root folder into vLLM's container")
+    if ":" in folder or "," in folder:
+        raise UnsafeMount(
+            f"the model folder {folder!r} has a ':' or ',' in its path, which a Docker bind mount cannot "
+            "hold: rename it"
+        )
+    target = "/".join([MODELS_IN_CONTAINER, *inside[:1]])
+    return {folder: {"bind": target, "mode": "ro"}}, "/".join([MODELS_IN_CONTAINER, *inside])
 
 
 def vllm_installed() -> bool:
@@ -107,15 +158,8 @@ class VllmEngine(Engine):
             gpus = DeviceRequest(count=0, device_ids=ids)
         else:
             gpus = DeviceRequest(count=-1)
-        volumes = {str(hf_cache_dir()): {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"}}
-        model = request.model_path
-        if model.startswith("/"):  # a local path (prepare_files resolves them); else a hub repo id
-            folder = PurePosixPath(model)
-            if folder.suffix == ".safetensors":  # one weights file: serve its folder
-                folder = folder.parent
-            inside = f"{MODELS_IN_CONTAINER}/{folder.name}"
-            volumes[str(folder)] = {"bind": inside, "mode": "ro"}
-            model = inside
+        volumes, model = container_mounts(request.model_path, hub_cache_dir())
+        if request.model_path.startswith("/"):  # a local model: nothing to fetch
             env.setdefault("HF_HUB_OFFLINE", "1")
         if os.environ.get("HF_TOKEN"):
             env.setdefault("HF_TOKEN", os.environ["HF_TOKEN"])

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from berth.common.process_lifetime import killed_with_parent
 from berth.domain.model_reference import HubReference
 from berth.domain.state import DownloadProgress
 from berth.models.hub_errors import HubError, hub_endpoint, hub_error_from, hub_offline, offline_error
@@ -164,7 +163,7 @@ async def download_hub_files(
         raise offline_error(source + (f"@{listing.revision}" if listing.revision else ""))
     request = {
         "repo": listing.repo, "commit": listing.commit, "revision": listing.revision, "endpoint": hub_endpoint(),
-        "cache_dir": str(cache_dir), "chunk_bytes": chunk_bytes,
+        "cache_dir": str(cache_dir), "chunk_bytes": chunk_bytes, "parent_pid": os.getpid(),
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
     }
     reporter = _ProgressThrottle(source, on_progress)
@@ -200,7 +199,9 @@ async def _run_child(request: dict, reporter: "_ProgressThrottle") -> str:
         sys.executable, "-m", "berth.models.hub_fetch", json.dumps(request),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=child_environment(), start_new_session=True,
-        preexec_fn=killed_with_parent,  # a worker killed by SIGKILL takes its download with it
+        # no preexec_fn (Python code between fork and exec can deadlock in a threaded worker): the
+        # child asks for SIGKILL at its parent's death itself (process_lifetime.exit_with_parent),
+        # so a worker killed by SIGKILL takes its download with it
     )
     stderr_tail: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
     drain = asyncio.create_task(_collect(process.stderr, stderr_tail))

@@ -1,7 +1,8 @@
 """The child process that downloads hub files into huggingface_hub's cache, resumably.
 
     python -m berth.models.hub_fetch '{"repo": ..., "commit": ..., "revision": ..., "endpoint": ...,
-                                       "cache_dir": ..., "chunk_bytes": ..., "files": [{"path", "size", "sha256"}]}'
+                                       "cache_dir": ..., "chunk_bytes": ..., "parent_pid": ...,
+                                       "files": [{"path", "size", "sha256"}]}'
 
 Prints JSON lines on stdout: {"event": "progress", file, bytes_done, bytes_total, files_done, files_total,
 resumed_from}, then {"event": "done", "snapshot": path} or {"event": "error", "kind", "message"}.
@@ -12,7 +13,8 @@ to `blobs/<etag>.incomplete`, a fixed name, and the next run asks for the rest (
 Everything else is huggingface_hub's: the HEAD that gives etag, size and commit (get_hf_file_metadata),
 the GET with its retries that resume after a dropped connection (http_get), the token and headers, the
 offline switch, the per-blob lock file, and the cache layout (blobs/, snapshots/<commit>/ links, refs/).
-It runs in its own process group, which the parent kills when the deployment is stopped.
+It runs in its own process group, which the parent kills when the deployment is stopped, and dies
+with its parent (`parent_pid`; killed by SIGKILL when it dies, even by SIGKILL itself).
 """
 
 import hashlib
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from berth.common.process_lifetime import exit_with_parent
 from berth.models.hub_errors import HubError, hub_error_from
 
 PROGRESS_EVERY_S = 0.2
@@ -210,6 +213,8 @@ def _record_ref(storage: Path, revision: str | None, commit: str) -> None:
 
 def main(argv: list[str]) -> int:
     request = json.loads(argv[1])
+    if request.get("parent_pid"):
+        exit_with_parent(int(request["parent_pid"]))  # a partial blob is safe to drop at any point
     current = {"file": None}
     try:
         snapshot = fetch(request, current)

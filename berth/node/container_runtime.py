@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from berth.engines.base import INSTANCE_LABEL, ContainerSpec
+from berth.node.logs import open_log
 
 if TYPE_CHECKING:
     import docker
@@ -209,7 +210,7 @@ def _remove(container: Container, grace_s: float, log_path: Path | None = None) 
         if log_path is not None:
             output = container.logs(stdout=True, stderr=True)
             if output:
-                with open(log_path, "ab") as log:
+                with open_log(log_path) as log:
                     log.write(output if output.endswith(b"\n") else output + b"\n")
         container.remove(force=True)
 

@@ -16,16 +16,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from berth.common.sealing import SealError, is_sealed, load_key, open_env
 from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import EngineHandle, LaunchRequest
 from berth.engines.base import ContainerSpec
 from berth.engines.engine_args import spec_refusal
 from berth.engines.registry import get_engine
+from berth.engines.vllm import UnsafeMount
 from berth.node import container_runtime, process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
 from berth.node.engine_watch import record_alive
 from berth.node.failures import failure_error
-from berth.node.logs import log_path
+from berth.node.logs import log_path, open_log
 from berth.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,16 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
             records.put(record)
         return handle_of(record)  # a retried launch: the engine is already running
     refuse_unsafe(request)
+    request = with_env_opened(settings, request)
     engine = get_engine(request.engine)
     if engine.runtime() == "container":
         # process leftovers go here; container_runtime.launch adopts or replaces earlier containers
         stop_instance(records, request.instance_id, grace_s=2.0, containers=False)
-        record = launch_container(settings, request, engine.container_request(request), run_id)
+        try:
+            spec = engine.container_request(request)
+        except UnsafeMount as unsafe:
+            raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(unsafe)) from None
+        record = launch_container(settings, request, spec, run_id)
         records.put(record)
         return handle_of(record)
     stop_instance(records, request.instance_id, grace_s=2.0, unrecorded=not (first_attempt and record is None))
@@ -111,11 +118,24 @@ def refuse_unsafe(request: LaunchRequest) -> None:
         )
 
 
+def with_env_opened(settings: Settings, request: LaunchRequest) -> LaunchRequest:
+    """The request with its sealed env values opened (berth.common.sealing), just before the
+    engine's environment is built: the clear values live in this process's memory and the engine's
+    environment only. A value that is not sealed is used as it is. One that does not open here is
+    ENGINE_UNAVAILABLE (FAILED): the message names the variable and the key to give this node."""
+    if not any(is_sealed(value) for value in request.env.values()):
+        return request
+    try:
+        env = open_env(load_key(settings), request.deployment, request.env)
+    except (SealError, OSError) as error:
+        raise failure_error(ErrorCode.ENGINE_UNAVAILABLE, f"this node cannot open the spec's env: {error}") from None
+    return request.model_copy(update={"env": env})
+
+
 def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec, run_id: str = "") -> EngineRecord:
     spec = replace(spec, labels={**spec.labels, HOME_LABEL: str(settings.home)})
     path = log_path(settings.logs_dir, request.instance_id)  # one log per instance
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as log_file:
+    with open_log(path) as log_file:  # 0600: the image and argv are written, never the environment
         log_offset = log_file.tell()
         log_file.write(f"=== berth: container {spec.name}: {spec.image} {' '.join(spec.command)}\n".encode())
     errors = container_runtime.sdk().errors

@@ -1,7 +1,10 @@
 """The model's files present on this node, and where they are: what prepare_files does once the
 engine is chosen (berth.node.engine_choice) and before the memory is planned (berth.node.memory_plan).
 
-Local paths are used in place, never copied, after a check that they exist and can be read.
+Local paths are used in place, never copied, after a check that they lie inside the node's model
+roots (BERTH_MODEL_ROOTS, links followed: berth.domain.model_roots), exist and can be read. Every
+path handed to an engine passes that check, presets and downloads too (they live under
+$BERTH_HOME/models, which is always a root), and so does every link inside a model folder.
 A preset name (berth.models.presets) that is not a path here is resolved first: a packaged preset is
 assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
 URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
@@ -17,11 +20,12 @@ from temporalio import activity
 
 from berth.domain.errors import ErrorCode
 from berth.domain.model_reference import LocalReference
+from berth.domain.model_roots import outside_roots
 from berth.domain.pipeline import PrepareFilesInput, PreparedModel
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.node.download_progress import ProgressReporter
 from berth.node.failures import failure_error
-from berth.node.model_source import local_model_format, model_source, wanted_format
+from berth.node.model_source import local_model_format, model_source, refuse_outside_roots, wanted_format
 from berth.models.presets import (
     Preset,
     PresetUnavailable,
@@ -36,6 +40,7 @@ from berth.settings import Settings
 def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
     """`resolve`: hand the engine the canonical path (False for the hub cache, whose files are
     symlinks to content-named blobs: the snapshot path keeps the file's name)."""
+    refuse_outside_roots(reference)
     path = Path(reference).expanduser()
     if not path.exists():
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(reference))
@@ -45,8 +50,37 @@ def check_local_model(reference: str, resolve: bool = True) -> PreparedModel:
         )
     if path.is_file() and path.stat().st_size == 0:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, f"model file {str(path)!r} is empty")
+    if path.is_dir():
+        refuse_escaping_links(path)
     model_format = local_model_format(path) or "unknown"
     return PreparedModel(path=str(path.resolve() if resolve else path.absolute()), format=model_format)
+
+
+# a model folder holds tens of files (a hub snapshot, config, tokenizer, shards): more is no model folder
+MAX_FOLDER_ENTRIES = 10_000
+
+
+def refuse_escaping_links(folder: Path) -> None:
+    """MODEL_LOADING_FAILURE for a link inside a model folder that points outside the model roots:
+    the engine would follow it. Links are not followed into folders (each is checked as a link)."""
+    roots = Settings.from_env().model_roots
+    seen = 0
+    for current, folders, files in os.walk(folder):
+        for name in (*folders, *files):
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES:
+                raise failure_error(
+                    ErrorCode.MODEL_LOADING_FAILURE,
+                    f"model folder {str(folder)!r} holds more than {MAX_FOLDER_ENTRIES} files and folders: "
+                    "give the folder of one model",
+                )
+            entry = os.path.join(current, name)
+            if os.path.islink(entry):
+                refusal = outside_roots(entry, roots)
+                if refusal:
+                    raise failure_error(
+                        ErrorCode.MODEL_LOADING_FAILURE, f"in model folder {str(folder)!r}: {refusal}"
+                    )
 
 
 # well inside prepare_files' heartbeat timeout (3 s in the workflow)

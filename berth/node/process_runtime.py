@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from berth.engines.base import LaunchCommand
+from berth.node.logs import open_log
 
 INSTANCE_MARKER = "BERTH_INSTANCE_ID"
 # $0 is the exit file, "$@" the engine's argv. `$?` is 128+N when the engine died of signal N.
@@ -52,10 +53,9 @@ class ExitStatus:
 
 
 def start(command: LaunchCommand, instance_id: str, log_path: Path, exit_file: Path) -> StartedProcess:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     exit_file.unlink(missing_ok=True)
     env = {**os.environ, **command.env, INSTANCE_MARKER: instance_id}
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:  # 0600: the argv is written, never the environment
         log_offset = log.tell()
         log.write(f"=== berth: starting {' '.join(command.argv)}\n".encode())
         log.flush()

@@ -4,11 +4,16 @@ coalesces the writes of concurrent activities: berth.node.route_publisher). A wr
 is live ~0.1 s later (with hundreds of routes, up to ~1 s); a removed one takes its routers away
 (the gateway then answers 404 for that path).
 
-Model endpoints need the API token unless the deployment is public. Two routers per deployment:
-a fast one whose rule matches `Authorization: Bearer <token>` exactly and goes straight to the
-engine (no extra hop), and a fallback for everything else under the prefix that asks the API's
-/v1/auth/check first (Traefik forwardAuth): a wrong or missing token gets the API's 401 with its
-message, an oddly written right one still passes. The route table holds the token: it is 0600.
+Model endpoints need the admin token or an inference key unless the deployment is public. Two
+routers per deployment: a fast one whose rule matches `Authorization: Bearer <admin token>` exactly
+and goes straight to the engine (no extra hop), and a fallback for everything else under the prefix
+that asks the API's /v1/auth/check first (Traefik forwardAuth): an inference key that opens the
+deployment passes, a wrong or missing token gets the API's 401 (a key scoped elsewhere its 403)
+with its message, an oddly written admin token still passes. The route table holds the token: it
+is 0600.
+
+Fail closed: a worker without the token publishes no route that is not public (route_config raises
+NODE_MISCONFIGURED, which ends the deployment FAILED saying why), never one without auth.
 """
 
 import logging
@@ -19,7 +24,9 @@ import yaml
 
 from berth.common.api_token import load_api_token
 from berth.common.atomic_write import write_atomically
+from berth.domain.errors import ErrorCode
 from berth.domain.pipeline import RouteRequest
+from berth.node.failures import failure_error
 from berth.node.gateway_certificate import certificate_path, read_certificate
 from berth.node.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
 from berth.settings import Settings
@@ -51,8 +58,20 @@ RETRY_INTERVAL = "10ms"
 PASSIVE_FAILURE_WINDOW = "10s"
 
 
+def no_token_message(deployment: str) -> str:
+    return (
+        f"this node's worker has no API token, so it publishes no route for {deployment} (a route without "
+        "the token check would let anyone call the model): set BERTH_API_TOKEN for the worker, or create "
+        "$BERTH_HOME/api-token on the node with the API's token, then retry; or deploy it with public: true"
+    )
+
+
 def route_config(request: RouteRequest, token: str | None) -> Route:
-    """The deployment's routers, middleware and service; each name says whose it is (route_table.owner)."""
+    """The deployment's routers, middleware and service; each name says whose it is (route_table.owner).
+    Without a token, a route that is not public is refused (a non-retryable NODE_MISCONFIGURED)."""
+    if not request.public and not token:
+        log.error("route for %s refused: %s", request.deployment, no_token_message(request.deployment))
+        raise failure_error(ErrorCode.NODE_MISCONFIGURED, no_token_message(request.deployment))
     name = f"{OWNED_PREFIX}{request.deployment}"
     prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
     strip = f"{name}{PART_SEPARATOR}strip"
@@ -68,7 +87,7 @@ def route_config(request: RouteRequest, token: str | None) -> Route:
             "status": ["502"], "retryNonIdempotentMethod": True,
         }}
         own.append(retry)
-    if request.public or not token:
+    if request.public:
         routers = {name: _router(prefix_rule, own, name)}
     else:
         routers = {f"{name}{PART_SEPARATOR}auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", *own], name, 10)}
@@ -129,6 +148,9 @@ def adopt_route_files(settings: Settings) -> list[str]:
             continue
         public = not any(f"{AUTH_MIDDLEWARE}@file" in (router.get("middlewares") or [])
                          for router in (config.get("routers") or {}).values())
+        if not public and not token:  # fail closed: the old file (with its auth) stays for a person to see
+            log.error("route file %s not adopted: %s", path, no_token_message(path.stem))
+            continue
         request = RouteRequest(deployment=path.stem, port=port, engine="", public=public)
         adopted[path.stem] = route_config(request, token)
         files.append(path)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from berth.api.server import api_url
 from berth.domain.spec import DeploymentSpec
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
-from berth.settings import CONTROL_TASK_QUEUE, Settings
+from berth.settings import CONTROL_TASK_QUEUE, MODEL_ROOTS_ENV, Settings
 from berth.common.temporal_connection import connect
 from berth.domain.temporal_names import STATE_QUERY, WORKFLOW_TYPE, workflow_id
 from berth.workflows.deployment import DeploymentInput
@@ -95,6 +96,9 @@ class RunningStack:
             **(extra_env or {}),
         }
         self.env.pop("BERTH_TEMPORAL_ADDRESS", None)
+        # tests and benchmarks write their models into temporary folders: let the node read them
+        # there (tests/conftest.py names pytest's own folder instead)
+        self.env.setdefault(MODEL_ROOTS_ENV, tempfile.gettempdir())
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
         self._up = threading.Event()

@@ -11,6 +11,8 @@ deployment to its end, and writes each workflow's history as JSON to OUT_DIR/<ki
                 (DEPLOYED again), then stopped
     cancel      deployed, then `temporal workflow cancel`
     stop-early  stopped right after it was started
+    refused     started (as from the Temporal CLI, no API) with env LD_PRELOAD: the workflow's
+                check_spec refuses it, FAILED with nothing run on the node, then stopped
 
 One folder per live generation of DeploymentWorkflow (gen1 today), each listed in
 tests/test_replay.py's GENERATIONS. When and how to record a new one: docs/workflow-versioning.md.
@@ -34,7 +36,7 @@ from berth.testing.harness import RunningStack, start_deployment, wait_for_statu
 from berth.testing.tiny_gguf import write_garbage_gguf, write_tiny_gguf
 from berth.worker.temporal_server import temporal_binary
 
-KINDS = ("success", "failure", "retry", "cancel", "stop-early", "scale", "reconfigure")
+KINDS = ("success", "failure", "retry", "cancel", "stop-early", "refused", "scale", "reconfigure")
 QUICK_RESTARTS = RestartPolicy(max_attempts=3, backoff_initial_s=0.2, backoff_max_s=0.5)
 RETRY_PATCH = {"context_size": 256}
 
@@ -129,6 +131,13 @@ async def run_stop_early(stack: RunningStack, client: Client, tiny: Path) -> Wor
     return await _stop(client, name)
 
 
+async def run_refused(stack: RunningStack, client: Client, tiny: Path) -> WorkflowHandle:
+    name = deployment_name("refused")
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny), env={"LD_PRELOAD": "/tmp/x.so"}))
+    await _expect(client, name, S.FAILED)
+    return await _stop(client, name)
+
+
 async def run_scale(stack: RunningStack, client: Client, tiny: Path) -> WorkflowHandle:
     """Two instances, scaled to three, then down to one (drained), then stopped."""
     name = deployment_name("scale")
@@ -168,6 +177,7 @@ EXPECTED_END = {
     "stop-early": WorkflowExecutionStatus.COMPLETED,
     "scale": WorkflowExecutionStatus.COMPLETED,
     "reconfigure": WorkflowExecutionStatus.COMPLETED,
+    "refused": WorkflowExecutionStatus.COMPLETED,
 }
 
 
@@ -189,6 +199,7 @@ async def record(out_dir: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Pat
                 "stop-early": lambda: run_stop_early(stack, client, tiny),
                 "scale": lambda: run_scale(stack, client, tiny),
                 "reconfigure": lambda: run_reconfigure(stack, client, tiny),
+                "refused": lambda: run_refused(stack, client, tiny),
             }
             for kind in kinds:
                 handle = await runs[kind]()

@@ -15,11 +15,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
-from berth.activities.placement import place_deployment
+from berth.activities.placement import check_spec, place_deployment
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.routing import configure_route, remove_route
 from berth.activities.supervision import supervise
+from berth.common.api_token import load_api_token, token_path
 from berth.common.gc_pauses import freeze_start_up_objects, freeze_survivors
 from berth.common.temporal_connection import connect
 from berth.node.gateway_certificate import certificate_path, ensure_certificate
@@ -84,6 +85,11 @@ async def connect_with_retry(settings: Settings, stop: asyncio.Event, timeout_s:
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     settings.ensure_dirs()
     write_gateway_config(settings)
+    if load_api_token(settings) is None:
+        logging.warning(
+            "no API token (BERTH_API_TOKEN or %s): this worker publishes routes for public deployments "
+            "only; any other deployment placed here ends FAILED (NODE_MISCONFIGURED)", token_path(settings)
+        )
     adopted = adopt_route_files(settings)
     if adopted:
         logging.info("routes of %d deployment(s) moved from their own files into the route table", len(adopted))
@@ -94,7 +100,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client,
         task_queue=CONTROL_TASK_QUEUE,
         workflows=[DeploymentWorkflow],
-        activities=[place_deployment],
+        activities=[place_deployment, check_spec],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
         # a restarted worker takes over the workflows of the dead one after this (default 10 s)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from berth.common.process_lifetime import die_with_parent
+from berth.node.logs import open_log
 
 
 class ManagedProcess:
@@ -22,8 +23,7 @@ class ManagedProcess:
         return self.popen.pid if self.popen else None
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        with open_log(self.log_path) as log:  # 0600 in a 0700 folder, like the engines' logs
             self.popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,

@@ -22,8 +22,10 @@ import threading
 import time
 
 from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.console_login import issue_login_code, login_link
+from berth.common.sealing import SealError, ensure_key
 from berth.api.server import api_ready, api_url
-from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
+from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker.gateway import gateway_argv, gateway_ready
 from berth.worker.processes import ManagedProcess
 from berth.worker.temporal_server import temporal_answers, temporal_argv, temporal_env
@@ -51,7 +53,10 @@ class Stack:
         self.worker = ManagedProcess(
             "worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log"
         )
-        self.api = ManagedProcess("api", [sys.executable, "-m", "berth.api.server"], logs / "api.log")
+        self.api = ManagedProcess(
+            "api", [sys.executable, "-m", "berth.api.server"], logs / "api.log",
+            {API_NODE_ENV: settings.node_id},  # beside this node: it checks model paths against its roots
+        )
         self.processes = [self.temporal, self.gateway, self.worker, self.api]
         self._restart_times: dict[str, list[float]] = {}
 
@@ -64,6 +69,10 @@ class Stack:
         started = time.monotonic()
         self._check_ports_free()
         ensure_api_token(self.settings)  # before the API starts: it serves with this token
+        try:  # the key the API seals env values with and the worker opens them with
+            ensure_key(self.settings)
+        except SealError as error:
+            raise SystemExit(f"berth: {error}") from None
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers
         await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
@@ -108,12 +117,17 @@ class Stack:
             f"berth is up ({took_s:.1f} s)\n"
             f"  gateway      {s.gateway_url}/models/<name>/v1/...\n"
             f"  API          {api_url(s)} (docs at /docs; token in {self._token_source()})\n"
+            f"  console      {self._console_link()} (one-time link; `berth ui` prints another)\n"
             f"  Temporal UI  http://127.0.0.1:{s.ui_port}\n"
             f"  Temporal     {s.temporal_address} (namespace {NAMESPACE}, task queues "
             f"{CONTROL_TASK_QUEUE} and {s.node_queue})\n"
             f"  home         {s.home}\n"
             "Ctrl-C stops berth and its engines; deployments come back on the next `berth up`."
         )
+
+    def _console_link(self) -> str:
+        """A one-time login link for the web console (berth.common.console_login)."""
+        return login_link(api_url(self.settings), issue_login_code(self.settings))
 
     def _token_source(self) -> str:
         return TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(self.settings))

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.state import InstanceState
     from berth.domain.status import DeploymentStatus, InstanceStatus
 
-from berth.workflows.node_steps import NodeSteps, failure_of, together, unknown_failure
+from berth.workflows.node_steps import NodeSteps, check_spec, failure_of, together, unknown_failure
 
 if TYPE_CHECKING:
     from berth.workflows.deployment import DeploymentWorkflow
@@ -96,6 +96,9 @@ class InstanceRunner:
         node = NodeSteps(instance, self.interrupted)
         self._report(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
+            refused = await check_spec(spec)  # the API's rules, for a spec that came straight through Temporal
+            if refused:
+                return EngineOutcome(failure=refused)
             # the files (the engine's choice before them, the memory plan after), beside the port
             keep.set_instance(InstanceStatus.COPYING_FILES, instance)
             instance.port, model = await together(node.allocate_port(), deployment.prepare_files(node, spec))

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.pipeline import (
         ALLOCATE_PORT,
         AWAIT_READY,
+        CHECK_SPEC,
         CONFIGURE_ROUTE,
         LAUNCH_ENGINE,
         PLACE_DEPLOYMENT,
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         PrepareFilesInput,
         ReadyRequest,
         RouteRequest,
+        SpecCheck,
         StopRequest,
     )
     from berth.domain.spec import DeploymentSpec
@@ -48,6 +50,17 @@ async def place(requested_node: str | None) -> str:
     """Which node runs the deployment (the requested one, or the control plane's choice)."""
     return await workflow.execute_local_activity(
         PLACE_DEPLOYMENT, requested_node, result_type=str, **options.LOCAL_QUICK
+    )
+
+
+async def check_spec(spec: DeploymentSpec) -> Failure | None:
+    """Does berth run this spec at all (env policy, engine flag tables)? The same rules as the API,
+    here because anyone who can reach Temporal can start or retry a workflow with any spec. A local
+    activity (its verdict is recorded: a replay does not judge again) at the start of every pass,
+    before anything touches the node: None, or the refusal (ENGINE_UNAVAILABLE: FAILED)."""
+    request = SpecCheck(engine=spec.engine, engine_args=spec.engine_args, env_names=list(spec.env))
+    return await workflow.execute_local_activity(
+        CHECK_SPEC, request, result_type=Failure | None, **options.LOCAL_QUICK
     )
 
 

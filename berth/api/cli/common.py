@@ -72,8 +72,10 @@ def api() -> BerthApi:
     return BerthApi.from_env()
 
 
-def say(text: str, file=sys.stdout) -> None:
-    print(text, file=file, flush=True)
+def say(text: str, file=None) -> None:
+    """One line to stdout (or `file`), flushed. The stream is looked up at each call: a default
+    bound at import would keep whatever sys.stdout was then (a test's capture, a closed pipe)."""
+    print(text, file=file if file is not None else sys.stdout, flush=True)
 
 
 def follow_until_done(client: BerthApi, name: str, **options) -> int:

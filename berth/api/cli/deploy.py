@@ -21,8 +21,9 @@ def add(commands) -> None:
     deploy = command(
         commands, "deploy",
         "serve a model under a name",
-        "Deploy MODEL: a local file or folder (made absolute here, used in place); an http(s):// URL "
-        "(downloaded, resumable; add #sha256=HEX to check it); a Hugging Face repo, hf:org/repo[@revision]"
+        "Deploy MODEL: a local file or folder (made absolute here, used in place; it must lie in one "
+        "of the node's model roots, BERTH_MODEL_ROOTS); an http(s):// URL (downloaded, resumable; add "
+        "#sha256=HEX to check it); a Hugging Face repo, hf:org/repo[@revision]"
         "[:file.gguf] or org/repo (berth picks Q4_K_M, else the smallest GGUF, or the safetensors set); or "
         f"a preset name: {', '.join(PRESETS)}. "
         "berth picks the engine for this machine unless --engine says which; the model is then served "
@@ -33,7 +34,11 @@ def add(commands) -> None:
         "berth deploy hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF --wait",
         run,
     )
-    deploy.add_argument("model", metavar="MODEL", help="model file/folder, URL, hf:org/repo reference, or preset")
+    deploy.add_argument(
+        "model", metavar="MODEL",
+        help="model file/folder (inside the node's model roots, BERTH_MODEL_ROOTS), URL, hf:org/repo "
+        "reference, or preset",
+    )
     deploy.add_argument("--name", help="deployment name, a DNS label (default: from the file name)")
     deploy.add_argument("--engine", help=f"force an engine: {', '.join(ENGINES)} (default: auto)")
     deploy.add_argument(

@@ -45,9 +45,14 @@ def describe_problem(error: dict, field: str) -> str:
         message = "unknown field; remove it (see /docs for the fields this request takes)"
     elif kind == "missing":
         message = "required field is missing"
-    elif "input" in error and kind not in ("model_attributes_type", "dict_type", "value_error"):
+    elif "input" in error and kind not in ("model_attributes_type", "dict_type", "value_error") and not _is_env(field):
         message += f" (got {json.dumps(error['input'], default=str)[:100]})"
     return f"{field}: {message}" if field else message
+
+
+def _is_env(field: str) -> bool:
+    """An env value is a secret: never echoed, not even to its sender."""
+    return "env" in field.split(".")
 
 
 def validation_message(invalid: ValidationError) -> str:

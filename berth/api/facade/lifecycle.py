@@ -24,9 +24,11 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from berth.api.facade.env_secrets import Sealer, masked
 from berth.api.facade.errors import BadRequest, Conflict, NotFound, Unavailable, rpc_error, validation_message
 from berth.api.facade.listing import DEFAULT_PAGE_SIZE, DeploymentListing, DeploymentPage, deployment_name
 from berth.api.facade.logs import MAX_TAIL, DeploymentLogs, marked_logs, read_log
+from berth.api.facade.model_paths import refuse_outside_roots
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
@@ -66,6 +68,7 @@ class Deployments:
         self._client = client
         self._connecting = asyncio.Lock()
         self._listing = DeploymentListing()
+        self._sealer = Sealer(settings)
 
     async def client(self) -> Client:
         """The Temporal client, connected on first use (the API may start before Temporal)."""
@@ -85,19 +88,22 @@ class Deployments:
 
     async def deploy(self, spec: DeploymentSpec) -> DeploymentState:
         """Start `deployment-<name>`. Conflict while a deployment of that name runs and is not
-        STOPPED; a STOPPED (closed) one is replaced by a new run."""
+        STOPPED; a STOPPED (closed) one is replaced by a new run. The env values go to Temporal
+        sealed (berth.api.facade.env_secrets); the answer shows their names only."""
         refuse_unsafe(spec)
         if spec.replicas == 0:
             raise BadRequest(
                 "replicas: deploy at least 1 instance (0, keeping the deployment with nothing running, "
                 f"is for scale: POST /v1/deployments/{spec.name}/scale)"
             )
+        refuse_outside_roots(spec, self.settings)
+        sealed = self._sealer.spec(spec)
         client = await self.client()
         for _ in range(2):
             try:
                 handle = await client.start_workflow(
                     WORKFLOW_TYPE,
-                    DeploymentInput(spec=spec),
+                    DeploymentInput(spec=sealed),
                     id=workflow_id(spec.name),
                     task_queue=CONTROL_TASK_QUEUE,
                     # a closed run (stopped) may be followed by a new one; a running one may not
@@ -123,7 +129,7 @@ class Deployments:
                 continue
             except RPCError as error:
                 raise rpc_error(error, spec.name) from None
-            return await self._state_after_start(handle, spec)
+            return masked(await self._state_after_start(handle, sealed))
         raise Conflict(f"the deployment {spec.name!r} is still stopping; try again in a moment")
 
     async def _state_after_start(self, handle: WorkflowHandle, spec: DeploymentSpec) -> DeploymentState:
@@ -153,7 +159,10 @@ class Deployments:
         return await self._listing.page(await self.client(), status, page_size, page_token)
 
     async def get(self, name: str) -> DeploymentState:
-        """The deployment's whole state (the workflow's `state` query)."""
+        """The deployment's whole state (the workflow's `state` query), env values masked."""
+        return masked(await self._state(name))
+
+    async def _state(self, name: str) -> DeploymentState:
         handle = await self._handle(name)
         try:
             return await handle.query(STATE_QUERY, result_type=DeploymentState, rpc_timeout=QUERY_TIMEOUT)
@@ -222,18 +231,21 @@ class Deployments:
         handle = await self._handle(name)
         if (await self._describe(handle)).status is not WorkflowExecutionStatus.RUNNING:
             raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
-        state = await self.get(name)
+        state = await self._state(name)
         try:
-            refuse_unsafe(state.spec.patched(patch))
+            patched = state.spec.patched(patch)
+            refuse_unsafe(patched)
+            refuse_outside_roots(patched, self.settings)
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
-        changes = patch.model_dump(mode="json", exclude_unset=True)
+        sealed = self._sealer.patch(name, patch)
+        changes = sealed.model_dump(mode="json", exclude_unset=True)
         if changes and state.status is DeploymentStatus.DEPLOYED:
             # serving: the change rolls one instance at a time (the `reconfigure` update), no downtime
             await self._update(handle, name, RECONFIGURE_UPDATE, changes)
             return await self.get(name)
         try:
-            await handle.signal(RETRY_SIGNAL, patch.model_dump(mode="json", exclude_unset=True))
+            await handle.signal(RETRY_SIGNAL, sealed.model_dump(mode="json", exclude_unset=True))
         except RPCError as error:
             if error.status is RPCStatusCode.NOT_FOUND:
                 raise Conflict(f"the deployment {name!r} stopped meanwhile: deploy it again") from None

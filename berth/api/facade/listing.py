@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
@@ -37,6 +38,7 @@ class DeploymentSummary(BaseModel):
     engine: str | None = None
     model: str | None = None
     replicas: str | None = Field(None, description="instances that serve / instances asked for, e.g. 2/3")
+    started_at: datetime | None = Field(default=None, description="when this deployment's workflow run started")
 
 
 class DeploymentPage(BaseModel):
@@ -184,4 +186,5 @@ def _summary(execution: WorkflowExecution) -> DeploymentSummary:
         engine=attributes.get(BERTH_ENGINE),
         model=attributes.get(BERTH_MODEL),
         replicas=attributes.get(BERTH_REPLICAS),
+        started_at=execution.start_time,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from berth.api.facade.errors import Unavailable
 from berth.domain.diagnostics import mark_lines
 from berth.domain.errors import ErrorCode
 from berth.engines.registry import ENGINES
@@ -72,4 +73,9 @@ def read_log(path: str | None, tail: int, offset: int) -> tuple[list[str], int]:
                 end += len(raw)
     except FileNotFoundError:
         return [], 0
+    except PermissionError:
+        raise Unavailable(
+            f"the API may not read the engine log {path}: engine logs are private to the node's user "
+            "(0600 in a 0700 folder); run the API as that user, or read the log on the node"
+        ) from None
     return [line.decode("utf-8", "replace").rstrip("\r\n") for line in lines], end
