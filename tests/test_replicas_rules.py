@@ -16,7 +16,10 @@ MiB = 2**20
 
 def instances(*statuses: I, ports: bool = True) -> list[InstanceState]:
     return [
-        InstanceState(instance_id=f"i{n}", node="n", status=status, port=(9000 + n) if ports else None)
+        InstanceState(
+            instance_id=f"i{n}", node="n", status=status, port=(9000 + n) if ports else None,
+            routed=status is I.DEPLOYED,
+        )
         for n, status in enumerate(statuses)
     ]
 

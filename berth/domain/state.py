@@ -100,10 +100,10 @@ class DeploymentState(BaseModel):
     def replicas(self) -> int:
         return self.spec.replicas
 
-    @computed_field(description="instances that serve (status DEPLOYED)")
+    @computed_field(description="instances that serve: DEPLOYED and in the route")
     @property
     def ready_replicas(self) -> int:
-        return sum(1 for instance in self.instances if instance.status is InstanceStatus.DEPLOYED)
+        return sum(1 for instance in self.instances if instance.status is InstanceStatus.DEPLOYED and instance.routed)
 
     @computed_field(description="DEPLOYED, but fewer instances serve than asked for")
     @property
