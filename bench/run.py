@@ -3,7 +3,7 @@
 Runs berth's benchmarks on this machine in one go, prints the table (metric, target, berth, bare
 engine, ratio or added time, pass/MISS) with the machine it ran on, and writes it all as JSON.
 
-Order: P0 (its own `berth up` per run); then one stack for P1, P2/P3/P3b, P4, P6, P5b, with P5c's
+Order: P0 (its own `berth up` per run); then one stack for P1, P2/P3/P3b, P4, P6, P5b, P7/P8 (replicas), with P5c's
 deployment supervised throughout; then a stack with the stand-in engine for P5a; then one with N
 parked deployments for P5d (the console's table). Every stack is
 stopped at the end of its part, and the run ends by checking that no process it started is left.
@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import console, crash, footprint, gateway, overhead, scale, startup
+from bench import console, crash, footprint, gateway, overhead, replicas, scale, startup
 from bench.common import (
     RESULTS_DIR,
     Bench,
@@ -32,13 +32,13 @@ from bench.common import (
     write_json,
 )
 
-MAIN_STACK_IDS = overhead.IDS | crash.IDS | gateway.IDS | footprint.IDS | {"P5b", "P5c"}
+MAIN_STACK_IDS = overhead.IDS | crash.IDS | gateway.IDS | footprint.IDS | replicas.IDS | {"P5b", "P5c"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="fewer runs and N=100 for P5a (a few minutes)")
-    parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c,P5d),P6")
+    parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c,P5d),P6,P7,P8")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON")
     parser.add_argument("--scale", type=int, help="deployments for P5a and P5d (default 1000; --quick 100)")
     parser.add_argument("--concurrent", type=int, metavar="K",
@@ -76,6 +76,7 @@ async def main_stack(bench: Bench) -> None:
         await guarded(bench, gateway.IDS, "P4", lambda: gateway.run(bench, stack, client))
         await guarded(bench, footprint.IDS, "P6", lambda: footprint.run(bench, stack, client))
         await guarded(bench, {"P5b"}, "P5b", lambda: scale.concurrent_tiny(bench, stack, client))
+        await guarded(bench, replicas.IDS, "P7/P8", lambda: replicas.run(bench, stack, client))
         if watch is not None:
             await guarded(bench, {"P5c"}, "P5c", lambda: scale.finish_history_watch(bench, client, watch))
 

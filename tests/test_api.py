@@ -88,7 +88,7 @@ async def test_whole_lifecycle_over_http(stack, api, tiny_gguf, name):
     # visibility (search attributes) trails the workflow by about a second
     row = eventually(lambda: listed(api, "DEPLOYED").get(name))
     started_at = row.pop("started_at")  # when the workflow run started (the console's age column)
-    assert row == {"name": name, "status": "DEPLOYED", "engine": "llamacpp", "model": str(tiny_gguf)}
+    assert row == {"name": name, "status": "DEPLOYED", "engine": "llamacpp", "model": str(tiny_gguf), "replicas": "1/1"}
     assert datetime.fromisoformat(started_at.replace("Z", "+00:00")) <= datetime.now(timezone.utc)
     assert name in listed(api)
     assert name not in listed(api, "STOPPED")

@@ -80,8 +80,9 @@ async def test_deploy_wait_succeeds_and_ls_status_logs_retry_stop_agree_with_the
     assert ls.returncode == 0, ls.stderr
     ours = next(line for line in ls.stdout.splitlines() if line.split()[0] == name)
     row = next(r for r in rows if r["name"] == name)
-    assert ours.split() == [row["name"], row["status"], row["engine"], row["model"]]
-    assert ls.stdout.splitlines()[0].split() == ["NAME", "STATUS", "ENGINE", "MODEL"]
+    assert ours.split() == [row["name"], row["status"], row["replicas"] or "-", row["engine"], row["model"]]
+    assert row["replicas"] == "1/1"
+    assert ls.stdout.splitlines()[0].split() == ["NAME", "STATUS", "READY", "ENGINE", "MODEL"]
     assert len(ls.stdout.splitlines()) == len(rows) + 1
     only_failed = berth(stack, "ls", "--status", "FAILED")
     assert name not in only_failed.stdout
@@ -96,7 +97,7 @@ async def test_deploy_wait_succeeds_and_ls_status_logs_retry_stop_agree_with_the
     assert retried.returncode == 0, retried.stdout + retried.stderr
     after = api.get(f"/v1/deployments/{name}").json()
     assert after["spec"]["context_size"] == 256 and after["pid"] != pid
-    assert "retry requested" in retried.stdout
+    assert "rolling" in retried.stdout and "DEPLOYED with the new spec" in retried.stdout  # DEPLOYED: it rolls
 
     stopped = berth(stack, "stop", name, "--wait")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -142,7 +143,7 @@ async def test_errors_are_one_clear_line(stack, tiny_gguf, name):
 
 def test_every_command_has_help_with_an_example():
     commands = ["", *build_parser()._subparsers._group_actions[0].choices]  # "" = `berth --help`
-    assert {"up", "deploy", "ls", "status", "logs", "stop", "retry"} <= set(commands)
+    assert {"up", "deploy", "ls", "status", "logs", "stop", "retry", "scale"} <= set(commands)
     running = {command: start(None, *([command] if command else []), "--help") for command in commands}
     for command, process in running.items():
         result = finish(process)

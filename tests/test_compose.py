@@ -41,6 +41,7 @@ NOT_SETTINGS = {
     "BERTH_STATUS": "a Temporal search attribute's constant",
     "BERTH_ENGINE": "a Temporal search attribute's constant",
     "BERTH_MODEL": "a Temporal search attribute's constant",
+    "BERTH_REPLICAS": "a Temporal search attribute's constant",
     "BERTH_INSTANCE_ID": "the marker berth itself puts in each engine's environment",
 }
 # Settings whose default is right in production (compose leaves them unset), and why.

@@ -27,6 +27,8 @@ async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
         prepared = prepared.model_copy(update={"choice": choice})
     if request.plan_memory and request.engine:
         # a model that cannot fit fails here (OOM), before anything is launched
-        plan = await asyncio.to_thread(plan_for, prepared.path, request.engine, request.context_size)
+        plan = await asyncio.to_thread(
+            plan_for, prepared.path, request.engine, request.context_size, request.instances
+        )
         prepared = prepared.model_copy(update={"plan": plan})
     return prepared

@@ -99,7 +99,15 @@ def state_text(state: dict, transitions: int = 5) -> str:
     if spec.get("env"):  # names only: the API never answers a value, nor does this
         rows.append(("env", f"{', '.join(sorted(spec['env']))} (values hidden)"))
     rows.append(("endpoint", state.get("endpoint") or "-"))
-    for instance in state.get("instances") or []:
+    instances = state.get("instances") or []
+    replicas = state.get("replicas", 1)
+    if replicas != 1 or len(instances) > 1:
+        degraded = " (degraded)" if state.get("degraded") else ""
+        rows.append(("replicas", f"{state.get('ready_replicas', 0)}/{replicas} serve{degraded}"))
+        if state.get("rollout"):
+            rows.append(("rollout", state["rollout"]))
+    elif instances:
+        instance = instances[0]
         facts = [instance.get("status", "")]
         if instance.get("pid"):
             facts.append(f"pid {instance['pid']}")
@@ -112,12 +120,31 @@ def state_text(state: dict, transitions: int = 5) -> str:
         rows.append(("rejected", f"last retry patch: {state['rejected_patch']}"))
     width = max(len(label) for label, _ in rows)
     text = [f"{label:<{width}}  {value}" for label, value in rows if value is not None]
+    if replicas != 1 or len(instances) > 1:
+        text += ["", instances_table(instances)] if instances else []
+        for instance in instances:
+            if instance.get("error") and instance.get("status") != "DEPLOYED":
+                error = instance["error"]
+                text.append(f"  {instance['instance_id']}: {error['code']}: {error['message']}")
     if state.get("error"):
         text += ["", failure_text(state)]
     recent = (state.get("transitions") or [])[-transitions:]
     if recent:
         text += ["", "recent transitions:"] + [f"  {transition_line(t)}" for t in recent]
     return "\n".join(text)
+
+
+def instances_table(instances: list[dict]) -> str:
+    """`berth status NAME` for several instances: one row each."""
+    rows = []
+    for instance in instances:
+        error = (instance.get("error") or {}).get("code", "") if instance.get("status") != "DEPLOYED" else ""
+        rows.append([
+            instance["instance_id"], instance.get("status", ""), instance.get("node", ""),
+            str(instance.get("port") or "-"), str(instance.get("pid") or "-"), str(instance.get("restarts", 0)),
+            "yes" if instance.get("routed") else "no", error or "-",
+        ])
+    return table(rows, header=["INSTANCE", "STATUS", "NODE", "PORT", "PID", "RESTARTS", "ROUTED", "ERROR"])
 
 
 def _megabytes(n_bytes: int) -> str:

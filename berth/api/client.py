@@ -81,10 +81,15 @@ class BerthApi:
     def retry(self, name: str, patch: dict[str, Any] | None = None) -> dict:
         return self._call("POST", f"/v1/deployments/{name}/retry", json=patch or None)
 
-    def logs(self, name: str, tail: int = 100, offset: int | None = None) -> dict:
-        params: dict[str, int] = {"tail": tail}
+    def scale(self, name: str, replicas: int) -> dict:
+        return self._call("POST", f"/v1/deployments/{name}/scale", json={"replicas": replicas})
+
+    def logs(self, name: str, tail: int = 100, offset: int | None = None, instance: str | None = None) -> dict:
+        params: dict[str, int | str] = {"tail": tail}
         if offset is not None:
             params["offset"] = offset
+        if instance is not None:
+            params["instance"] = instance
         return self._call("GET", f"/v1/deployments/{name}/logs", params=params)
 
     def create_key(self, name: str | None = None, deployments: "list[str] | None" = None) -> dict:

@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, status
+from pydantic import BaseModel, Field
 
 from berth.api.dependencies import deployments, require_token
 from berth.api.errors import ERROR_RESPONSES
@@ -14,7 +15,7 @@ from berth.api.facade import (
     DeploymentPage,
     Deployments,
 )
-from berth.domain.spec import DeploymentSpec, SpecPatch
+from berth.domain.spec import MAX_REPLICAS, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
 
@@ -90,12 +91,36 @@ async def retry_deployment(name: Name, facade: Facade, patch: SpecPatch | None =
     return await facade.retry(name, patch)
 
 
+class ScaleBody(BaseModel):
+    replicas: int = Field(ge=0, le=MAX_REPLICAS, description=f"instances to run, 0 to {MAX_REPLICAS}")
+
+
+@router.post(
+    "/{name}/scale",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentState,
+    responses={code: ERROR_RESPONSES[code] for code in (409, 413)},
+    summary="Run this many instances",
+)
+async def scale_deployment(name: Name, body: ScaleBody, facade: Facade) -> DeploymentState:
+    """Run `replicas` instances behind the deployment's route (0: keep the deployment, run nothing).
+    Answers once the workflow has taken it (202); `ready_replicas` in the state says when they serve.
+    A count the node's memory cannot hold is a 400 with the per-instance numbers, and changes
+    nothing. Scaling down drains instances that do not serve first, then the newest."""
+    return await facade.scale(name, body.replicas)
+
+
 @router.get("/{name}/logs", response_model=DeploymentLogs, summary="The engine's log")
 async def deployment_logs(
     name: Name,
     facade: Facade,
     tail: Annotated[int, Query(ge=1, le=MAX_TAIL, description="how many of the last lines")] = 100,
     offset: Annotated[int | None, Query(ge=0, description="only lines after this byte offset (to follow)")] = None,
+    instance: Annotated[
+        str | None, Query(max_length=80, description="one instance's log; default: every instance's, lines tagged")
+    ] = None,
 ) -> DeploymentLogs:
-    """The last lines of the engine log, and those of them that match a known failure pattern."""
-    return await facade.logs(name, tail, offset)
+    """The last lines of the engine log, and those of them that match a known failure pattern. Each
+    instance has its own log: `instance` names one; without it, a deployment of several instances
+    answers with the last lines of each, tagged `[<instance id>] `."""
+    return await facade.logs(name, tail, offset, instance)

@@ -41,10 +41,16 @@ class PortRequest(BaseModel):
 
 
 class RouteRequest(BaseModel):
+    """The deployment's route: one Traefik service whose servers are these ports on the node."""
+
     deployment: str
-    port: int
+    port: int | None = None  # one server (how a route was asked for before replicas)
+    ports: list[int] = Field(default_factory=list)  # the servers: the instances that serve
     engine: str
     public: bool = False
+
+    def servers(self) -> list[int]:
+        return list(self.ports) or ([self.port] if self.port else [])
 
 
 class PrepareFilesInput(BaseModel):
@@ -62,6 +68,7 @@ class PrepareFilesInput(BaseModel):
     # context size (None: the largest that fits): one round trip fewer than a plan_resources step
     plan_memory: bool = False
     context_size: int | None = None
+    instances: int = 1  # how many instances of it the node must hold: the plan checks them all
 
 
 class PreparedModel(BaseModel):

@@ -11,6 +11,9 @@ from berth.domain.model_reference import BadModelReference, is_remote, parse_mod
 # Names end up in Traefik rules, file names and workflow ids: a DNS label, nothing else.
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_CONTEXT_SIZE = 1_048_576
+# The most instances one deployment may run (docs/replicas.md): every instance is a round of
+# activities and a server in the route; beyond this, deploy another model name or a bigger node.
+MAX_REPLICAS = 16
 
 EngineName = Literal["auto", "llamacpp", "vllm", "mlx"]
 
@@ -91,6 +94,11 @@ class DeploymentSpec(BaseModel):
     public: bool = Field(False, description="serve the model endpoint without the API token")
     node: str | None = Field(None, description="node to run on; default: the node that places it")
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    replicas: int = Field(
+        1, ge=0, le=MAX_REPLICAS,
+        description="instances serving the model behind one route; 0 (keep the deployment, run nothing) "
+        "only through `scale`",
+    )
 
     @field_validator("name")
     @classmethod

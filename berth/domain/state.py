@@ -44,12 +44,18 @@ class DownloadProgress(BaseModel):
 
 
 class InstanceState(BaseModel):
+    """One instance of the deployment: one engine on one node, with its own restart budget."""
+
     instance_id: str
     node: str
     status: InstanceStatus = InstanceStatus.REQUESTED
     port: int | None = None
     pid: int | None = None
     log_path: str | None = None
+    restarts: int = Field(0, description="automatic restarts of this instance since it last served stably")
+    error: DeploymentError | None = Field(None, description="this instance's last failure; None once it serves")
+    next_retry_at: datetime | None = None
+    routed: bool = Field(False, description="a server of the deployment's route in the gateway")
 
 
 class DeploymentState(BaseModel):
@@ -63,10 +69,24 @@ class DeploymentState(BaseModel):
     download: DownloadProgress | None = Field(None, description="while the model's files are fetched")
     context_size: int | None = None
     endpoint: str | None = None
-    instances: list[InstanceState] = Field(default_factory=list)
-    error: DeploymentError | None = None
-    attempts: int = Field(0, description="automatic restarts since the engine last served stably")
+    instances: list[InstanceState] = Field(
+        default_factory=list,
+        description="every instance, oldest first; DEPLOYED ones serve (docs/replicas.md)",
+    )
+    error: DeploymentError | None = Field(
+        None,
+        description="why no instance serves (ERROR/FAILED/MUST_REDOWNLOAD): the failure of the instance "
+        "that failed last; None while one serves (a degraded deployment's failures are its instances')",
+    )
+    attempts: int = Field(0, description="automatic restarts since the engine last served stably (first instance)")
     next_retry_at: datetime | None = None
+    route_ports: list[int] | None = Field(
+        None, description="the servers of the deployment's route in the gateway (None: not known)"
+    )
+    memory_per_instance: int | None = Field(None, description="bytes each instance is planned to use")
+    memory_budget: int | None = Field(None, description="bytes berth's engines may use on the node")
+    rollout: str | None = Field(None, description="the rollout in progress, or the last one that failed and why")
+    rollout_error: DeploymentError | None = Field(None, description="the failure of the last rollout's new instance")
     rejected_patch: str | None = Field(None, description="why the last retry patch was refused")
     transitions: list[Transition] = Field(default_factory=list)
 
@@ -74,6 +94,21 @@ class DeploymentState(BaseModel):
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @computed_field(description="instances asked for (spec.replicas, changed by `scale`)")
+    @property
+    def replicas(self) -> int:
+        return self.spec.replicas
+
+    @computed_field(description="instances that serve: DEPLOYED and in the route")
+    @property
+    def ready_replicas(self) -> int:
+        return sum(1 for instance in self.instances if instance.status is InstanceStatus.DEPLOYED and instance.routed)
+
+    @computed_field(description="DEPLOYED, but fewer instances serve than asked for")
+    @property
+    def degraded(self) -> bool:
+        return self.status is DeploymentStatus.DEPLOYED and self.ready_replicas < self.replicas
 
     @computed_field
     @property

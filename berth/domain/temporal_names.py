@@ -4,6 +4,9 @@ WORKFLOW_TYPE = "DeploymentWorkflow"
 STATE_QUERY = "state"
 STOP_SIGNAL = "stop"
 RETRY_SIGNAL = "retry"
+# Updates (they need a running worker; a validator refuses a bad input before anything changes)
+SCALE_UPDATE = "scale"
+RECONFIGURE_UPDATE = "reconfigure"
 # Sent by prepare_files to its own deployment: how far the model download is (shown by `state`).
 DOWNLOAD_PROGRESS_SIGNAL = "download_progress"
 
@@ -11,7 +14,8 @@ DOWNLOAD_PROGRESS_SIGNAL = "download_progress"
 STATUS_ATTRIBUTE = "BerthStatus"
 ENGINE_ATTRIBUTE = "BerthEngine"
 MODEL_ATTRIBUTE = "BerthModel"
-SEARCH_ATTRIBUTES = (STATUS_ATTRIBUTE, ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE)
+REPLICAS_ATTRIBUTE = "BerthReplicas"  # "<ready>/<desired>", e.g. "2/3"
+SEARCH_ATTRIBUTES = (STATUS_ATTRIBUTE, ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE, REPLICAS_ATTRIBUTE)
 
 
 def workflow_id(deployment: str) -> str:

@@ -86,7 +86,7 @@ def launch(settings: Settings, request: LaunchRequest, first_attempt: bool = Fal
     command = engine.command(request)
     # which node's engine this is, for reconcile (the worker's own BERTH_HOME may be a default)
     command = replace(command, env={**command.env, "BERTH_HOME": str(settings.home)})
-    path = log_path(settings.logs_dir, request.deployment)
+    path = log_path(settings.logs_dir, request.instance_id)  # one log per instance
     exit_file = records.exit_file(request.instance_id)
     started = process_runtime.start(command, request.instance_id, path, exit_file)
     record = EngineRecord(
@@ -135,7 +135,7 @@ def with_env_opened(settings: Settings, request: LaunchRequest) -> LaunchRequest
 
 def launch_container(settings: Settings, request: LaunchRequest, spec: ContainerSpec, run_id: str = "") -> EngineRecord:
     spec = replace(spec, labels={**spec.labels, HOME_LABEL: str(settings.home)})
-    path = log_path(settings.logs_dir, request.deployment)
+    path = log_path(settings.logs_dir, request.instance_id)  # one log per instance
     with open_log(path) as log_file:  # 0600: the image and argv are written, never the environment
         log_offset = log_file.tell()
         log_file.write(f"=== berth: container {spec.name}: {spec.image} {' '.join(spec.command)}\n".encode())

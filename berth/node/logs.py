@@ -1,4 +1,5 @@
-"""Engine logs: $BERTH_HOME/logs/<deployment>.log, every launch appended after a header line.
+"""Engine logs: $BERTH_HOME/logs/<instance id>.log (an instance id is `<deployment>-<8 hex>`),
+every launch of the instance appended after a header line.
 
 Private to the node's user: files 0600 in a 0700 folder (an engine prints its arguments, paths,
 sometimes what a client sent), fixed when a log made before (0644) is opened again. berth writes
@@ -34,8 +35,8 @@ def open_log(path: Path) -> BinaryIO:
         raise
 
 
-def log_path(logs_dir: Path, deployment: str) -> Path:
-    return logs_dir / f"{deployment}.log"
+def log_path(logs_dir: Path, name: str) -> Path:
+    return logs_dir / f"{name}.log"
 
 
 def read_lines_since(path: Path, offset: int, max_lines: int = 200) -> list[str]:

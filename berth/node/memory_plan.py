@@ -12,6 +12,7 @@ import re
 from berth.domain.errors import ErrorCode
 from berth.domain.memory import ResourcePlan
 from berth.domain.memory import plan_resources as plan
+from berth.domain.replicas import memory_refusal
 from berth.models.facts import ModelFilesUnreadable
 from berth.node.failures import failure_error
 from berth.node.hardware import probe_hardware
@@ -37,8 +38,12 @@ def memory_limit() -> int | None:
     return parse_bytes(raw) if raw else None
 
 
-def plan_for(model_path: str, engine: str, context_size: int | None = None) -> ResourcePlan | None:
-    """The plan, or the failure to raise (OOM). Blocking: call in a thread.
+def plan_for(
+    model_path: str, engine: str, context_size: int | None = None, instances: int = 1
+) -> ResourcePlan | None:
+    """The plan, or the failure to raise (OOM). Blocking: call in a thread. `instances`: how many
+    instances of the deployment the node must hold, each with this plan's memory (OOM with the
+    per-instance numbers when they do not all fit).
 
     None when the model's header cannot be read: then there is nothing to estimate, and the
     engine itself is the authority on what is wrong with the file (its own log line is the
@@ -52,7 +57,15 @@ def plan_for(model_path: str, engine: str, context_size: int | None = None) -> R
         limit = memory_limit()
     except ValueError as bad:
         raise failure_error(ErrorCode.RUNTIME_ERROR, f"{MEMORY_LIMIT_ENV} on this node: {bad}") from None
-    result = plan(facts, engine, probe_hardware(), context_size, limit)
+    hardware = probe_hardware()
+    result = plan(facts, engine, hardware, context_size, limit)
+    if instances > 1 and context_size is None and result.fits:
+        # the default context is the largest that fits: with several instances, their share of the budget
+        share = plan(facts, engine, hardware, None, result.budget_bytes // instances)
+        if not share.fits:  # not even the smallest context: the numbers per instance, at that context
+            message = memory_refusal(instances, share.estimate_bytes, result.budget_bytes) or share.message
+            raise failure_error(ErrorCode.OOM, message, log_lines=[*share.reasons, message])
+        result = share.model_copy(update={"budget": result.budget})  # the node's whole budget, for the check below
     if not result.fits:
         raise failure_error(
             ErrorCode.OOM,
@@ -60,4 +73,7 @@ def plan_for(model_path: str, engine: str, context_size: int | None = None) -> R
             log_lines=result.reasons,
             suggested_context_size=result.suggested_context_size,
         )
+    too_many = memory_refusal(instances, result.estimate_bytes, result.budget_bytes)
+    if too_many:
+        raise failure_error(ErrorCode.OOM, too_many, log_lines=[*result.reasons, too_many])
     return result

@@ -38,13 +38,24 @@ GATEWAY_FILE = "_berth-gateway.yml"  # what the routes share; names starting wit
 AUTH_MIDDLEWARE = "berth-auth"
 RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Traefik rule's backticks
 # No Traefik health check on an engine: berth's own watch (await_ready, then supervise) is what says
-# whether an engine serves, and a deployment's route only points at its one engine, so Traefik has
-# nothing to balance around; a dead engine's route answers 502 until the workflow restarts the engine
-# or removes the route. Measured with 700 stand-in deployments: the checks (two per service, one per
-# router) kept Traefik at ~19% of a core for good, and each reload restarted all of them, so after
-# the last deployment Traefik worked through its queue of reloads for ~70 s at a full core (~25 s
-# without them, then 0%). They also made the gateway lag an engine that was still loading when a
-# check came (it was asked again only at the next unhealthyInterval).
+# whether an engine serves, and the workflow keeps only serving instances in the route (an instance
+# leaves it before it is stopped and the moment its engine is seen failing). Measured with 700
+# stand-in deployments: the checks (two per service, one per router) kept Traefik at ~19% of a core
+# for good, and each reload restarted all of them, so after the last deployment Traefik worked
+# through its queue of reloads for ~70 s at a full core (~25 s without them, then 0%). They also
+# made the gateway lag an engine that was still loading when a check came.
+#
+# Several instances (docs/replicas.md): `p2c` balancing (two servers drawn at random, the one with
+# fewer requests in flight wins). LLM requests last from milliseconds to minutes, so in-flight count
+# is the load that matters: round robin (`wrr`) keeps sending to an engine busy with long answers,
+# and `leasttime` ranks by an average response time that, with few requests, sends nearly all of
+# them to whichever engine answered fastest once. The `retry` middleware sends a request to another
+# server when its connection failed before any header reached the backend (an engine that just
+# died): safe for POST, since the engine saw nothing.
+LB_STRATEGY = "p2c"
+RETRY_ATTEMPTS = 3
+RETRY_INTERVAL = "10ms"
+PASSIVE_FAILURE_WINDOW = "10s"
 
 
 def no_token_message(deployment: str) -> str:
@@ -64,24 +75,32 @@ def route_config(request: RouteRequest, token: str | None) -> Route:
     name = f"{OWNED_PREFIX}{request.deployment}"
     prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
     strip = f"{name}{PART_SEPARATOR}strip"
+    servers = request.servers()
+    middlewares = {strip: {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}}
+    own = [strip]
+    if len(servers) > 1:  # one server: nothing to retry on (the same dead engine again)
+        retry = f"{name}{PART_SEPARATOR}retry"
+        middlewares[retry] = {"retry": {
+            "attempts": RETRY_ATTEMPTS, "initialInterval": RETRY_INTERVAL,
+            # 502: Traefik's own answer when the engine's connection broke (an engine killed while
+            # answering); a chat request is safe to send again to another engine (no side effect)
+            "status": ["502"], "retryNonIdempotentMethod": True,
+        }}
+        own.append(retry)
     if request.public:
-        routers = {name: _router(prefix_rule, [strip], name)}
+        routers = {name: _router(prefix_rule, own, name)}
     else:
-        routers = {f"{name}{PART_SEPARATOR}auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", strip], name, 10)}
+        routers = {f"{name}{PART_SEPARATOR}auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", *own], name, 10)}
         if RULE_SAFE_TOKEN.match(token):
             token_rule = f"{prefix_rule} && Header(`Authorization`, `Bearer {token}`)"
-            routers[name] = _router(token_rule, [strip], name, 20)
-    return {
-        "http": {
-            "routers": routers,
-            "middlewares": {strip: {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}},
-            "services": {
-                name: {
-                    "loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{request.port}"}]}
-                }
-            },
-        }
-    }
+            routers[name] = _router(token_rule, own, name, 20)
+    balancer: dict = {"servers": [{"url": f"http://127.0.0.1:{port}"} for port in servers]}
+    if len(servers) > 1:
+        balancer["strategy"] = LB_STRATEGY
+        # a server that refused a connection sits out (retries then go to the others) until the
+        # workflow's route change, which resets it: an engine that died gets no more attempts
+        balancer["passiveHealthcheck"] = {"failureWindow": PASSIVE_FAILURE_WINDOW, "maxFailedAttempts": 1}
+    return {"http": {"routers": routers, "middlewares": middlewares, "services": {name: {"loadBalancer": balancer}}}}
 
 
 def _router(rule: str, middlewares: list[str], service: str, priority: int | None = None) -> dict:

@@ -31,12 +31,12 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from berth.domain.spec import DeploymentSpec, RestartPolicy
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus as S
-from berth.domain.temporal_names import RETRY_SIGNAL, STOP_SIGNAL, workflow_id
+from berth.domain.temporal_names import RECONFIGURE_UPDATE, RETRY_SIGNAL, SCALE_UPDATE, STOP_SIGNAL, workflow_id
 from berth.testing.harness import RunningStack, start_deployment, wait_for_status
 from berth.testing.tiny_gguf import write_garbage_gguf, write_tiny_gguf
 from berth.worker.temporal_server import temporal_binary
 
-KINDS = ("success", "failure", "retry", "cancel", "stop-early", "refused")
+KINDS = ("success", "failure", "retry", "cancel", "stop-early", "refused", "scale", "reconfigure")
 QUICK_RESTARTS = RestartPolicy(max_attempts=3, backoff_initial_s=0.2, backoff_max_s=0.5)
 RETRY_PATCH = {"context_size": 256}
 
@@ -138,6 +138,30 @@ async def run_refused(stack: RunningStack, client: Client, tiny: Path) -> Workfl
     return await _stop(client, name)
 
 
+async def run_scale(stack: RunningStack, client: Client, tiny: Path) -> WorkflowHandle:
+    """Two instances, scaled to three, then down to one (drained), then stopped."""
+    name = deployment_name("scale")
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny), replicas=2))
+    await _until(client, name, lambda s: s.ready_replicas == 2)
+    handle = client.get_workflow_handle(workflow_id(name))
+    await handle.execute_update(SCALE_UPDATE, {"replicas": 3})
+    await _until(client, name, lambda s: s.ready_replicas == 3)
+    await handle.execute_update(SCALE_UPDATE, {"replicas": 1})
+    await _until(client, name, lambda s: len(s.instances) == 1 and s.ready_replicas == 1)
+    return await _stop(client, name)
+
+
+async def run_reconfigure(stack: RunningStack, client: Client, tiny: Path) -> WorkflowHandle:
+    """Two instances rolled to a new context, one at a time, then stopped."""
+    name = deployment_name("reconfigure")
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny), replicas=2, context_size=512))
+    await _until(client, name, lambda s: s.ready_replicas == 2)
+    handle = client.get_workflow_handle(workflow_id(name))
+    await handle.execute_update(RECONFIGURE_UPDATE, {"context_size": 1024})
+    await _until(client, name, lambda s: s.spec.context_size == 1024 and s.rollout is None and len(s.instances) == 2)
+    return await _stop(client, name)
+
+
 async def _expect(client: Client, name: str, status: S) -> DeploymentState:
     state = await wait_for_status(client, name, {status, S.FAILED, S.DEPLOYED}, timeout_s=60)
     if state.status is not status:
@@ -151,6 +175,8 @@ EXPECTED_END = {
     "retry": WorkflowExecutionStatus.COMPLETED,
     "cancel": WorkflowExecutionStatus.CANCELED,
     "stop-early": WorkflowExecutionStatus.COMPLETED,
+    "scale": WorkflowExecutionStatus.COMPLETED,
+    "reconfigure": WorkflowExecutionStatus.COMPLETED,
     "refused": WorkflowExecutionStatus.COMPLETED,
 }
 
@@ -171,6 +197,8 @@ async def record(out_dir: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Pat
                 "retry": lambda: run_retry(stack, client, tiny),
                 "cancel": lambda: run_cancel(stack, client, tiny),
                 "stop-early": lambda: run_stop_early(stack, client, tiny),
+                "scale": lambda: run_scale(stack, client, tiny),
+                "reconfigure": lambda: run_reconfigure(stack, client, tiny),
                 "refused": lambda: run_refused(stack, client, tiny),
             }
             for kind in kinds:

@@ -1,17 +1,19 @@
 """DeploymentWorkflow: one durable workflow per deployment, from "serve this model" to serving, and
-then keeping it serving until the user stops it.
+then keeping it serving, with as many instances as asked for, until the user stops it.
 
-    REQUESTED -> DEPLOYING (placement; files with the engine's choice first and the memory plan
-                            after, beside the port; launch, beside the route)
-              -> INITIALIZING (await ready) -> DEPLOYED (supervise)
-              -> on failure: classify -> ERROR (automatic retry after a backoff) | FAILED | MUST_REDOWNLOAD
-    stop / Temporal cancel -> teardown (engine, route, port) -> STOPPED
-    retry (optionally with a spec patch) -> back to DEPLOYING
+    REQUESTED -> placement -> one InstanceRunner per instance (berth.workflows.instance_runner):
+              files beside the port, launch beside the route, ready, supervise, its own restarts
+    the deployment's status: DEPLOYED while one instance serves (degraded when fewer than asked);
+              else what its instances report (berth.domain.replicas)
+    scale (Update, validated) -> instances added, or drained and stopped (not serving first, newest first)
+    stop / Temporal cancel -> teardown (engines, route, ports) -> STOPPED
+    retry (optionally with a spec patch) -> the instances start over
 
-Read top to bottom: the surface (query and signals), the run, one pass of the pipeline, failures
-and retries, teardown. The activity calls and their options are in berth.workflows.node_steps and
-.activity_options, the state's bookkeeping in .state_keeper. Every change to what this workflow
-schedules, or to the order of its commands, follows docs/workflow-versioning.md.
+Read top to bottom: the surface (query, signals, update), the run, what the runners share (the
+route, the files, reports), scaling, retries, teardown. The activity calls and their options are in
+berth.workflows.node_steps and .activity_options, the state's bookkeeping in .state_keeper. Every
+change to what this workflow schedules, or to the order of its commands, follows
+docs/workflow-versioning.md.
 """
 
 import asyncio
@@ -20,27 +22,37 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from berth.domain.errors import Failure
-    from berth.domain.pipeline import EngineOutcome
-    from berth.domain.restart_policy import Decision, decide
+    from berth.domain.pipeline import PreparedModel
+    from berth.domain.replicas import route_ports, scale_down_order, scale_refusal, status_after_report
     from berth.domain.spec import DeploymentSpec, SpecPatch
     from berth.domain.state import DeploymentState, DownloadProgress, InstanceState
-    from berth.domain.status import DeploymentStatus, InstanceStatus
+    from berth.domain.status import WAITING_FOR_USER, DeploymentStatus, InstanceStatus
     from berth.domain.temporal_names import (
         DOWNLOAD_PROGRESS_SIGNAL,
+        RECONFIGURE_UPDATE,
         RETRY_SIGNAL,
+        SCALE_UPDATE,
         STATE_QUERY,
         STOP_SIGNAL,
         WORKFLOW_TYPE,
     )
 
-from berth.workflows.node_steps import NodeSteps, check_spec, failure_of, place, together, unknown_failure
-from berth.workflows.state_keeper import BERTH_ENGINE, BERTH_MODEL, BERTH_STATUS, StateKeeper
+from berth.workflows.instance_runner import InstanceRunner
+from berth.workflows.node_steps import NodeSteps, place, together
+from berth.workflows.rollout import roll
+from berth.workflows.state_keeper import BERTH_ENGINE, BERTH_MODEL, BERTH_REPLICAS, BERTH_STATUS, StateKeeper
 
-__all__ = ["BERTH_ENGINE", "BERTH_MODEL", "BERTH_STATUS", "DeploymentInput", "DeploymentWorkflow"]
+__all__ = [
+    "BERTH_ENGINE", "BERTH_MODEL", "BERTH_REPLICAS", "BERTH_STATUS", "DeploymentInput", "DeploymentWorkflow", "ScaleRequest",
+]
+
+# After an instance leaves the route and before its engine is stopped: Traefik applies the route
+# file ~0.1-0.2 s after it is written, and requests already sent to the engine finish.
+DRAIN_S = 1.0
+_FAILURES = (DeploymentStatus.ERROR, DeploymentStatus.FAILED, DeploymentStatus.MUST_REDOWNLOAD)
 
 
 class DeploymentInput(BaseModel):
@@ -48,29 +60,34 @@ class DeploymentInput(BaseModel):
     carried_state: DeploymentState | None = None  # set by continue-as-new
 
 
-class _Interrupted(Exception):
-    """A stop or retry arrived while a step was running."""
+class ScaleRequest(BaseModel):
+    replicas: int
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
 class DeploymentWorkflow:
     @workflow.init
     def __init__(self, input: DeploymentInput) -> None:
-        self._state = input.carried_state or DeploymentState(spec=input.spec)
-        self._keep = StateKeeper(self._state)
+        self.state = input.carried_state or DeploymentState(spec=input.spec)
+        self.keep = StateKeeper(self.state)
         self._stop_requested = False
         self._retry_spec: DeploymentSpec | None = None  # set by a valid `retry`
-        self._deployed_at: float | None = None
-        self._pass: asyncio.Future | None = None  # the pipeline pass in flight
+        self._runners: dict[str, InstanceRunner] = {}
+        self._leaving: set[str] = set()  # instances being drained: never route servers
+        self._route_lock = asyncio.Lock()
+        self._files_lock = asyncio.Lock()
+        self._wake = False
+        self._rollout_spec: DeploymentSpec | None = None  # set by a valid `reconfigure`
+        self._node: str | None = None
         # Fetch model files that are gone again? Yes on the first deploy and after a user's retry;
         # an automatic restart stops at MUST_REDOWNLOAD instead.
         self._may_refetch = input.carried_state is None
 
-    # ---- the surface: query and signals ------------------------------------------------------
+    # ---- the surface: query, signals, update ---------------------------------------------------
 
     @workflow.query(name=STATE_QUERY)
-    def state(self) -> DeploymentState:
-        return self._state
+    def query_state(self) -> DeploymentState:
+        return self.state
 
     @workflow.signal(name=STOP_SIGNAL)
     def stop(self) -> None:
@@ -81,21 +98,61 @@ class DeploymentWorkflow:
         """Deploy again now, optionally with some spec fields changed. A bad patch is recorded in
         `rejected_patch` and changes nothing."""
         try:
-            spec = self._state.spec.patched(SpecPatch.model_validate(patch or {}))
+            spec = self.state.spec.patched(SpecPatch.model_validate(patch or {}))
         except ValidationError as invalid:
-            self._keep.reject_patch(invalid)
+            self.keep.reject_patch(invalid)
             return
-        self._keep.reject_patch(None)
+        self.keep.reject_patch(None)
         self._retry_spec = spec
 
     @workflow.signal(name=DOWNLOAD_PROGRESS_SIGNAL)
     def download_progress(self, progress: DownloadProgress) -> None:
         """From prepare_files: how far the download is. Kept only while the files are being fetched."""
-        if self._state.instances and self._state.instances[0].status is InstanceStatus.COPYING_FILES:
-            self._state.download = progress
+        if any(instance.status is InstanceStatus.COPYING_FILES for instance in self.state.instances):
+            self.state.download = progress
+
+    @workflow.update(name=SCALE_UPDATE)
+    async def scale(self, request: dict[str, Any]) -> DeploymentState:
+        """Run this many instances ({"replicas": N}); returns at once (the state says when they serve)."""
+        replicas = _scale_request(request).replicas
+        self.state.spec = self.state.spec.model_copy(update={"replicas": replicas})
+        self.keep.transition(self.state.status, f"scale to {replicas} instance{'s' if replicas != 1 else ''}")
+        self._wake = True
+        return self.state
+
+    @scale.validator
+    def validate_scale(self, request: dict[str, Any]) -> None:
+        """Refuses, before anything changes: a bad input, a stopping deployment, a count out of range
+        or one the node's memory cannot hold (with the per-instance numbers)."""
+        replicas = _scale_request(request).replicas
+        self._refuse_while_busy("INVALID_SCALE")
+        refusal = scale_refusal(replicas, self.state.memory_per_instance, self.state.memory_budget)
+        if refusal:
+            raise ApplicationError(refusal, type="INVALID_SCALE", non_retryable=True)
+
+    @workflow.update(name=RECONFIGURE_UPDATE)
+    async def reconfigure(self, patch: dict[str, Any]) -> DeploymentState:
+        """Change the spec while serving (a spec patch, as `retry` takes): a DEPLOYED deployment rolls
+        one instance at a time (berth.workflows.rollout); one that does not serve starts over with it."""
+        self._rollout_spec = _patched(self.state.spec, patch)
+        self.state.rollout, self.state.rollout_error = "rolling: about to start", None
+        self._wake = True
+        return self.state
+
+    @reconfigure.validator
+    def validate_reconfigure(self, patch: dict[str, Any]) -> None:
+        self._refuse_while_busy("INVALID_RECONFIGURE")
+        _patched(self.state.spec, patch)
+
+    def _refuse_while_busy(self, kind: str) -> None:
+        if self._stop_requested or self.state.status is DeploymentStatus.STOPPED:
+            raise ApplicationError("the deployment is stopping: deploy it again instead", type=kind)
+        if self._rollout_spec is not None or (self.state.rollout or "").startswith("rolling"):
+            raise ApplicationError("a rollout is in progress: wait until it is done (`rollout` in the state)", type=kind)
 
     @property
-    def _interrupted(self) -> bool:
+    def interrupted(self) -> bool:
+        """A stop or retry came: every runner ends its pass."""
         return self._stop_requested or self._retry_spec is not None
 
     # ---- the run ------------------------------------------------------------------------------
@@ -104,162 +161,215 @@ class DeploymentWorkflow:
     async def run(self, input: DeploymentInput) -> DeploymentState:
         try:
             if input.carried_state is None:
-                self._keep.transition(DeploymentStatus.REQUESTED, "deployment requested")
-                node = await place(input.spec.node)
-                self._state.instances = [
-                    InstanceState(instance_id=f"{input.spec.name}-{workflow.uuid4().hex[:8]}", node=node)
-                ]
+                self.keep.transition(DeploymentStatus.REQUESTED, "deployment requested")
+                self._node = await place(input.spec.node)
+            else:
+                self._node = self.state.instances[0].node if self.state.instances else await place(input.spec.node)
+            for instance in list(self.state.instances):  # carried over: those not waiting for the user go on
+                if instance.status.value not in {status.value for status in WAITING_FOR_USER}:
+                    self._start(instance)
             await self._serve_until_stopped()
         except asyncio.CancelledError:
             # A Temporal cancellation (CLI, UI) is a stop: the same teardown, then end as cancelled.
-            if self._pass is not None and not self._pass.done():
-                self._pass.cancel()
             await self._teardown("cancelled through Temporal")
             raise
         await self._teardown("stopped by the user")
-        return self._state
+        return self.state
 
     async def _serve_until_stopped(self) -> None:
-        """Pass after pass of the pipeline until the user stops it: each pass ends in a failure (then
-        recovered from), a node that went down (launched again) or a stop or retry."""
+        """Keep as many instances as asked for, until the user stops the deployment."""
         while not self._stop_requested:
             if self._retry_spec is not None:
                 await self._accept_retry()
-            if workflow.info().is_continue_as_new_suggested():
+                continue
+            if self._rollout_spec is not None:
+                await self._accept_reconfigure()
+                continue
+            if self._may_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(DeploymentInput(spec=self._state.spec, carried_state=self._state))
-            try:
-                outcome = await self._until_interrupted(self._deploy_and_serve())
-            except _Interrupted:
-                continue
-            if outcome.node_shutdown:
-                self._keep.transition(DeploymentStatus.DEPLOYING, "the node restarted: launching again")
-                continue
-            await self._recover_from(outcome.failure or unknown_failure())
-
-    async def _until_interrupted(self, step) -> EngineOutcome:
-        """Run a pass; a stop or retry cancels it and raises _Interrupted."""
-        task = self._pass = asyncio.ensure_future(step)
-        await workflow.wait_condition(lambda: task.done() or self._interrupted)
-        if task.done():
-            return task.result()
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, ActivityError):
-            pass
-        raise _Interrupted()
-
-    # ---- one pass of the pipeline -------------------------------------------------------------
-
-    async def _deploy_and_serve(self) -> EngineOutcome:
-        """One pass of the pipeline; returns when the engine has failed (or the node went down).
-        Independent steps run side by side: each is a round trip through Temporal."""
-        spec, instance = self._state.spec, self._state.instances[0]
-        node = NodeSteps(instance, lambda: self._interrupted)
-        self._keep.transition(DeploymentStatus.DEPLOYING, "selecting an engine")
-        try:
-            refused = await check_spec(spec)  # the API's rules, for a spec that came straight through Temporal
-            if refused:
-                return EngineOutcome(failure=refused)
-            # DEPLOYING: the files (the engine's choice before them, the memory plan after), beside the port
-            self._keep.set_instance(InstanceStatus.COPYING_FILES)
-            instance.port, model = await together(node.allocate_port(), node.prepare_files(spec, self._may_refetch))
-            choice = model.choice
-            self._keep.record_engine(choice)
-            self._may_refetch = False
-            self._keep.take_files(model)
-
-            # the launch, beside the route
-            self._keep.set_instance(InstanceStatus.STARTING)
-            self._state.endpoint, handle = await together(
-                node.configure_route(spec, choice.engine),
-                node.launch(spec, choice.engine, model.path, self._state.context_size),
+                workflow.continue_as_new(DeploymentInput(spec=self.state.spec, carried_state=self.state))
+            await self._converge()
+            await workflow.wait_condition(
+                lambda: self._wake or self.interrupted or self._may_continue_as_new()
             )
-            instance.pid, instance.log_path = handle.pid, handle.log_path
 
-            # INITIALIZING: the engine loads the model
-            self._keep.transition(DeploymentStatus.INITIALIZING, f"{choice.engine} is loading the model")
-            ready = await node.await_ready(handle, spec.startup_timeout_s)
-            if not ready.ready:
-                return ready
+    def may_park(self) -> bool:
+        """A runner between passes may stop for a continue-as-new: only while none serves."""
+        return workflow.info().is_continue_as_new_suggested() and self.state.ready_replicas == 0
 
-            # DEPLOYED: served, and watched until it fails
-            self._keep.set_instance(InstanceStatus.DEPLOYED)
-            self._state.error = None
-            self._deployed_at = workflow.time()
-            self._keep.transition(DeploymentStatus.DEPLOYED, f"serving at {self._state.endpoint}")
-            return await node.supervise(handle)
-        except ActivityError as error:
-            if is_cancelled_exception(error):
-                raise
-            return EngineOutcome(failure=failure_of(error))
+    def _may_continue_as_new(self) -> bool:
+        return workflow.info().is_continue_as_new_suggested() and not any(
+            runner.running for runner in self._runners.values()
+        )
 
-    # ---- failures and retries -------------------------------------------------------------------
+    # ---- what the runners share -------------------------------------------------------------
 
-    async def _recover_from(self, failure: Failure) -> None:
-        """Record the failure, stop what is left of the engine, then wait: for the backoff (ERROR),
-        or for the user (FAILED, MUST_REDOWNLOAD)."""
-        spec = self._state.spec
-        if self._deployed_at is not None and workflow.time() - self._deployed_at >= spec.restart.stable_after_s:
-            self._state.attempts = 0  # it served long enough: a new crash starts a new count
-        self._deployed_at = None
-        decision = decide(failure.code, self._state.attempts, spec.restart)
-        self._keep.record_error(failure)
-        if decision.status is DeploymentStatus.ERROR:
-            await self._restart_after_backoff(failure, decision)
+    def report(self, instance: InstanceState, status: DeploymentStatus, detail: str) -> None:
+        """An instance changed: what the deployment says then (berth.domain.replicas)."""
+        new = status_after_report(status, instance.instance_id, self.state.instances)
+        many = self.state.spec.replicas > 1 or len(self.state.instances) > 1
+        if new is None:
+            if status in _FAILURES and self.state.status is DeploymentStatus.DEPLOYED:
+                self.keep.transition(DeploymentStatus.DEPLOYED, f"degraded: {instance.instance_id}: {detail}")
             return
-        # FAILED / MUST_REDOWNLOAD wait for the user: said only once nothing is left of the engine
-        await self._stop_engine()
-        await self._release_route_and_port()
-        self._keep.transition(decision.status, f"{failure.code.value}: {decision.reason}")
-        await workflow.wait_condition(lambda: self._interrupted)
+        if new is DeploymentStatus.DEPLOYED:
+            self.state.error = None
+        elif new in _FAILURES:
+            self.state.error = instance.error
+        self.state.attempts, self.state.next_retry_at = instance.restarts, instance.next_retry_at
+        if many:
+            detail = f"{instance.instance_id}: {detail} ({self.state.ready_replicas}/{self.state.spec.replicas} serve)"
+        self.keep.transition(new, detail)
 
-    async def _restart_after_backoff(self, failure: Failure, decision: Decision) -> None:
-        """ERROR: said at once (the state stops saying DEPLOYED), then the engine's remains are
-        stopped and the backoff waited out (a stop or retry ends it early; the first is none)."""
-        self._state.attempts = decision.attempt
-        self._state.next_retry_at = workflow.now() + timedelta(seconds=decision.backoff_s)
-        when = f"in {decision.backoff_s:g} s" if decision.backoff_s else "now"
-        self._keep.transition(DeploymentStatus.ERROR, f"{failure.code.value}: {decision.reason} {when}")
-        await self._stop_engine()
-        if decision.backoff_s:
-            try:
-                await workflow.wait_condition(lambda: self._interrupted, timeout=timedelta(seconds=decision.backoff_s))
-            except asyncio.TimeoutError:
-                pass
-        self._state.next_retry_at = None
+    async def prepare_files(self, node: NodeSteps, spec: DeploymentSpec) -> PreparedModel:
+        """The files, prepared by one instance at a time (the first fetches, the next find them)."""
+        async with self._files_lock:
+            model = await node.prepare_files(spec, self._may_refetch, instances=max(1, spec.replicas))
+            self._may_refetch = False
+            return model
+
+    async def sync_route(self) -> None:
+        """Make the deployment's route point at the ports it should (berth.domain.replicas.route_ports);
+        one change at a time, each recorded once the gateway's file holds it."""
+        async with self._route_lock:
+            want = route_ports(self.state.instances, self._leaving)
+            if want == self.state.route_ports:
+                return
+            node = NodeSteps(self.state.instances[0] if self.state.instances else InstanceState(
+                instance_id="", node=self._node or ""))
+            self.state.route_ports = None  # unknown until the change is made
+            if want:
+                self.state.endpoint = await node.configure_route(self.state.spec, self.state.engine or "", want)
+            else:
+                await node.remove_route(self.state.spec.name)
+                self.state.endpoint = None
+            self.state.route_ports = want
+            for instance in self.state.instances:
+                instance.routed = instance.port in want
+
+    # ---- scaling ----------------------------------------------------------------------------------
+
+    def _start(self, instance: InstanceState, spec: DeploymentSpec | None = None, once: bool = False) -> InstanceRunner:
+        runner = InstanceRunner(self, instance, spec or self.state.spec, once).start()
+        self._runners[instance.instance_id] = runner
+        return runner
+
+    async def _converge(self) -> None:
+        """As many instances as asked for: new ones start; extra ones are drained and stopped, those
+        that do not serve first, then the newest."""
+        self._wake = False
+        while len(self.state.instances) > self.state.spec.replicas and not self._stop_requested:
+            await self._retire(scale_down_order(self.state.instances)[0])
+        while len(self.state.instances) < self.state.spec.replicas:
+            instance = InstanceState(instance_id=f"{self.state.spec.name}-{workflow.uuid4().hex[:8]}", node=self._node)
+            self.state.instances.append(instance)
+            self._start(instance)
+        if not self.state.instances and self.state.status is not DeploymentStatus.DEPLOYED:
+            self.keep.transition(DeploymentStatus.DEPLOYED, "scaled to 0: nothing runs")
+
+    def start_instance(self, instance: InstanceState, spec: DeploymentSpec, once: bool) -> InstanceRunner:
+        return self._start(instance, spec, once)
+
+    async def retire(self, instance: InstanceState) -> None:
+        await self._retire(instance)
+
+    async def _retire(self, instance: InstanceState) -> None:
+        """Out of the route, drained, then stopped and gone from the state."""
+        self._leaving.add(instance.instance_id)
+        if instance.routed:
+            await self.sync_route()
+            await workflow.sleep(timedelta(seconds=DRAIN_S))
+        await self._stop_instance(instance)
+        self.state.instances.remove(instance)
+        self._leaving.discard(instance.instance_id)
+        self._runners.pop(instance.instance_id, None)
+        await self.sync_route()
+        if self.state.ready_replicas == 0 and self.state.status is DeploymentStatus.DEPLOYED and self.state.instances:
+            self.keep.transition(DeploymentStatus.DEPLOYING, "no instance serves after the scale down")
+        else:
+            self.keep.upsert_search_attributes()  # BerthReplicas
+
+    async def _stop_instance(self, instance: InstanceState, release_port: bool = True) -> None:
+        runner = self._runners.get(instance.instance_id)
+        if runner is not None:
+            await runner.stop()
+        node = NodeSteps(instance)
+        await node.stop_engine()
+        instance.pid = None
+        if release_port:
+            await node.release_port()
+            instance.port = None
+
+    # ---- retries ----------------------------------------------------------------------------------
 
     async def _accept_retry(self) -> None:
-        """A `retry` signal: take the (patched) spec, reset the attempt counter, start over clean."""
+        """A `retry` signal: take the (patched) spec, reset the restart counters, start over clean.
+        Every instance starts over, except when the spec is the same and some serve: then only
+        those that wait for the user (FAILED, MUST_REDOWNLOAD) do."""
         spec, self._retry_spec = self._retry_spec, None
-        self._state.spec = spec
-        self._state.attempts = 0
+        same = spec == self.state.spec and self.state.ready_replicas > 0
+        self.state.spec = spec
+        self.state.attempts = 0
         self._may_refetch = True  # the user asked: files that are gone are fetched again
-        await self._stop_engine()
-        self._keep.transition(DeploymentStatus.DEPLOYING, "retry requested")
+        again = [
+            instance for instance in self.state.instances
+            if not same or instance.status.value in {status.value for status in WAITING_FOR_USER}
+        ]
+        await together(*(self._stop_instance(instance, release_port=False) for instance in again))
+        for instance in again:
+            instance.restarts, instance.error = 0, None
+            self.keep.set_instance(InstanceStatus.REQUESTED, instance)
+        if not same:
+            self.keep.transition(DeploymentStatus.DEPLOYING, "retry requested")
+        for instance in again:
+            self._start(instance)
+
+    async def _accept_reconfigure(self) -> None:
+        spec, self._rollout_spec = self._rollout_spec, None
+        if spec == self.state.spec:
+            self.state.rollout = None
+            return
+        if self.state.ready_replicas == 0:  # nothing serves: nothing to keep serving, start over with it
+            self.state.rollout = None
+            self._retry_spec = spec
+            return
+        await self._converge()  # the desired count first (a scale may be pending)
+        await roll(self, spec)
 
     # ---- teardown -------------------------------------------------------------------------------
 
     async def _teardown(self, reason: str) -> None:
-        await self._stop_engine()
-        await self._release_route_and_port()
-        self._keep.set_instance(InstanceStatus.STOPPED)
-        self._keep.transition(DeploymentStatus.STOPPED, reason)
+        for runner in self._runners.values():
+            runner.leaving = True
+        await together(*(runner.stop() for runner in self._runners.values()))
+        await together(*(NodeSteps(instance).stop_engine() for instance in self.state.instances))
+        for instance in self.state.instances:
+            instance.pid = None
+        node = NodeSteps(InstanceState(instance_id="", node=self._node or ""))
+        if self._node is not None:
+            await node.remove_route(self.state.spec.name)
+        self.state.route_ports, self.state.endpoint = [], None
+        await together(*(NodeSteps(instance).release_port() for instance in self.state.instances))
+        for instance in self.state.instances:
+            instance.port, instance.routed = None, False
+        self.keep.set_instance(InstanceStatus.STOPPED)
+        self.keep.transition(DeploymentStatus.STOPPED, reason)
 
-    async def _stop_engine(self) -> None:
-        instance = self._state.instances[0] if self._state.instances else None
-        if instance is None:
-            return
-        await NodeSteps(instance).stop_engine()
-        instance.pid = None
 
-    async def _release_route_and_port(self) -> None:
-        instance = self._state.instances[0] if self._state.instances else None
-        if instance is None:
-            return
-        node = NodeSteps(instance)
-        await node.remove_route(self._state.spec.name)
-        await node.release_port()
-        instance.port = None
-        self._state.endpoint = None
+def _patched(spec: DeploymentSpec, patch: Any) -> DeploymentSpec:
+    try:
+        return spec.patched(SpecPatch.model_validate(patch or {}))
+    except ValidationError as invalid:
+        message = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'patch'}: {error['msg']}" for error in invalid.errors()
+        )
+        raise ApplicationError(f"reconfigure: {message}", type="INVALID_RECONFIGURE", non_retryable=True) from None
+
+
+def _scale_request(request: Any) -> ScaleRequest:
+    try:
+        return ScaleRequest.model_validate(request)
+    except ValidationError as invalid:
+        raise ApplicationError(
+            f'scale takes {{"replicas": N}}: {invalid.errors()[0]["msg"]}', type="INVALID_SCALE", non_retryable=True
+        ) from None

@@ -82,20 +82,25 @@ class NodeSteps:
         request = PortRequest(instance_id=self.instance.instance_id)
         return await self._step(ALLOCATE_PORT, request, int, self._on_node("allocate a port"), **options.QUICK)
 
-    async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool) -> PreparedModel:
+    async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool, instances: int = 1) -> PreparedModel:
         """The files in place, the engine chosen before them (PreparedModel.choice) and the memory
-        planned after them (PreparedModel.plan)."""
+        planned after them (PreparedModel.plan), for `instances` instances of it on the node."""
         request = PrepareFilesInput(
             deployment=spec.name, model=spec.model, engine=None, choose_engine=True, override=spec.engine,
-            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size,
+            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size, instances=instances,
         )
         summary = self._on_node(f"prepare the files of {spec.model[:200]}")
         return await self._step(PREPARE_FILES, request, PreparedModel, summary, **options.PREPARE_FILES)
 
-    async def configure_route(self, spec: DeploymentSpec, engine: str) -> str:
-        request = RouteRequest(deployment=spec.name, port=self.instance.port, engine=engine, public=spec.public)
-        summary = self._on_node(f"route /models/{spec.name}/ to port {self.instance.port}")
-        return await self._step(CONFIGURE_ROUTE, request, str, summary, **options.QUICK)
+    async def configure_route(self, spec: DeploymentSpec, engine: str, ports: list[int]) -> str:
+        """The deployment's route with these servers (a route change always runs to its end: the
+        workflow records what the gateway holds)."""
+        request = RouteRequest(deployment=spec.name, ports=ports, engine=engine, public=spec.public)
+        servers = f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports)) or 'none'}"
+        summary = self._on_node(f"route /models/{spec.name}/ to {servers}")
+        return await workflow.execute_activity(
+            CONFIGURE_ROUTE, request, task_queue=self.queue, result_type=str, summary=summary, **options.QUICK
+        )
 
     async def launch(
         self, spec: DeploymentSpec, engine: str, model_path: str, context_size: int | None

@@ -19,18 +19,22 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.guidance import GuidanceFacts, guidance_for
     from berth.domain.metric_names import FAILURES, RESTARTS, TIME_TO_DEPLOYED, MetricName
     from berth.domain.pipeline import EngineChoice, PreparedModel
-    from berth.domain.state import DeploymentError, DeploymentState, Transition
+    from berth.domain.state import DeploymentError, DeploymentState, InstanceState, Transition
     from berth.domain.status import DeploymentStatus, InstanceStatus
-    from berth.domain.temporal_names import ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE, STATUS_ATTRIBUTE
+    from berth.domain.temporal_names import (
+        ENGINE_ATTRIBUTE,
+        MODEL_ATTRIBUTE,
+        REPLICAS_ATTRIBUTE,
+        STATUS_ATTRIBUTE,
+    )
     from berth.domain.ui_details import current_details
 
 BERTH_STATUS = SearchAttributeKey.for_keyword(STATUS_ATTRIBUTE)
 BERTH_ENGINE = SearchAttributeKey.for_keyword(ENGINE_ATTRIBUTE)
 BERTH_MODEL = SearchAttributeKey.for_keyword(MODEL_ATTRIBUTE)
+BERTH_REPLICAS = SearchAttributeKey.for_keyword(REPLICAS_ATTRIBUTE)
 
 MAX_TRANSITIONS = 200
-# the statuses that an instance shares with its deployment
-_INSTANCE_SHARES = (DeploymentStatus.ERROR, DeploymentStatus.FAILED, DeploymentStatus.MUST_REDOWNLOAD)
 
 
 class StateKeeper:
@@ -48,8 +52,6 @@ class StateKeeper:
         self.state.status = status
         self.state.transitions.append(Transition(at=workflow.now(), status=status, detail=detail))
         del self.state.transitions[:-MAX_TRANSITIONS]
-        if status in _INSTANCE_SHARES:
-            self.set_instance(InstanceStatus(status.value))
         self.upsert_search_attributes()
         self._measure(previous, status)
         workflow.set_current_details(current_details(self.state))
@@ -77,10 +79,11 @@ class StateKeeper:
                 self._instruments[metric.name] = meter.create_histogram_float(metric.sdk_name, metric.help)
         return self._instruments[metric.name]
 
-    def set_instance(self, status: InstanceStatus) -> None:
-        for instance in self.state.instances:
-            instance.status = status
-        if status is not InstanceStatus.COPYING_FILES:
+    def set_instance(self, status: InstanceStatus, instance: InstanceState | None = None) -> None:
+        """One instance's status (every instance's when None)."""
+        for each in [instance] if instance is not None else self.state.instances:
+            each.status = status
+        if not any(each.status is InstanceStatus.COPYING_FILES for each in self.state.instances):
             self.state.download = None
 
     def record_engine(self, choice: EngineChoice) -> None:
@@ -93,10 +96,20 @@ class StateKeeper:
         self.state.model_path, self.state.model_choice = model.path, model.note
         self.state.context_size = plan.context_size if plan else self.state.spec.context_size
         self.state.resource_plan = plan.reasons if plan else []
+        self.state.memory_per_instance = plan.estimate_bytes if plan else None
+        self.state.memory_budget = plan.budget_bytes if plan else None
 
-    def record_error(self, failure: Failure) -> None:
-        """The failure as the user reads it: code, message, what to do about it, the engine's log."""
-        self.state.error = DeploymentError(
+    def record_error(self, failure: Failure, instance: InstanceState | None = None) -> None:
+        """The failure as the user reads it: code, message, what to do about it, the engine's log;
+        the instance's (the deployment's takes it when no instance serves: berth.domain.replicas)."""
+        error = self.error_of(failure)
+        if instance is None:
+            self.state.error = error
+        else:
+            instance.error = error
+
+    def error_of(self, failure: Failure) -> DeploymentError:
+        return DeploymentError(
             code=failure.code,
             message=failure.message,
             guidance=guidance_for(failure.code, self._guidance_facts(failure)),
@@ -114,6 +127,7 @@ class StateKeeper:
         updates = [
             BERTH_STATUS.value_set(self.state.status.value),
             BERTH_MODEL.value_set(self.state.spec.model[:2048]),
+            BERTH_REPLICAS.value_set(f"{self.state.ready_replicas}/{self.state.replicas}"),
         ]
         if self.state.engine:
             updates.append(BERTH_ENGINE.value_set(self.state.engine))

@@ -10,7 +10,7 @@ declared through common.command: help, description, example); COMMANDS lists the
 import argparse
 import sys
 
-from berth.api.cli import deploy, engines, keys, logs, ls, retry, status, stop, ui, up, worker
+from berth.api.cli import deploy, engines, keys, logs, ls, retry, scale, status, stop, ui, up, worker
 from berth.api.cli.common import ENGINES, STATUSES, deployment_spec, model_reference, name_from_model, say
 from berth.api.client import ApiRequestError, ApiUnreachable
 
@@ -24,7 +24,7 @@ through the gateway, launches it, waits until it serves, and keeps it serving.
 Start with `berth up` (it runs everything); in another terminal, `berth deploy MODEL --wait`."""
 
 COMMANDS = [
-    up.add, deploy.add, ls.add, status.add, logs.add, stop.add, retry.add, engines.add, keys.add, ui.add,
+    up.add, deploy.add, ls.add, status.add, logs.add, stop.add, retry.add, scale.add, engines.add, keys.add, ui.add,
     worker.add,
 ]
 

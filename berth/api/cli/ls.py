@@ -15,8 +15,8 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         say("no deployments" + (f" with status {args.status}" if args.status else ""))
         return 0
-    say(table(([r["name"], r["status"], r.get("engine"), r.get("model")] for r in rows),
-              header=["NAME", "STATUS", "ENGINE", "MODEL"]))
+    say(table(([r["name"], r["status"], r.get("replicas") or "-", r.get("engine"), r.get("model")] for r in rows),
+              header=["NAME", "STATUS", "READY", "ENGINE", "MODEL"]))
     return 0
 
 

@@ -1,6 +1,7 @@
 """`berth retry NAME`: deploy again, optionally with a smaller context."""
 
 import argparse
+import time
 
 from berth.api.cli.common import api, command, follow_until_done, say
 from berth.api.cli_output import last_transition_key
@@ -12,11 +13,34 @@ def run(args: argparse.Namespace) -> int:
     patch = {}
     if args.context_size is not None:
         patch["context_size"] = args.context_size
-    client.retry(args.name, patch)
+    answer = client.retry(args.name, patch)
+    rolling = (answer.get("rollout") or "").startswith("rolling")
     if not args.wait:
+        if rolling:
+            say(f"rolling {args.name} one instance at a time; `berth status {args.name}` follows it")
+            return 0
         say(f"retrying {args.name}; `berth status {args.name} --watch` follows it")
         return 0
+    if rolling:
+        return _follow_rollout(client, args.name)
     return follow_until_done(client, args.name, seen=last_transition_key(before), require_new=True)
+
+
+def _follow_rollout(client, name: str) -> int:
+    """A DEPLOYED deployment rolls (docs/replicas.md): until the rollout is done (0) or rolled back (1)."""
+    shown = None
+    while True:
+        state = client.get(name)
+        rollout = state.get("rollout")
+        if rollout != shown and rollout:
+            say(f"{name}: {rollout}")
+            shown = rollout
+        if not (rollout or "").startswith("rolling"):
+            if rollout is None and state.get("status") == "DEPLOYED":
+                say(f"{name} is DEPLOYED with the new spec: {state.get('endpoint')}")
+                return 0
+            return 1
+        time.sleep(0.25)
 
 
 def add(commands) -> None:

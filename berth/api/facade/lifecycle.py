@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -33,14 +33,23 @@ from berth.api.facade.model_paths import refuse_outside_roots
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
+from berth.domain.temporal_names import (
+    RECONFIGURE_UPDATE,
+    RETRY_SIGNAL,
+    SCALE_UPDATE,
+    STATE_QUERY,
+    STOP_SIGNAL,
+    WORKFLOW_TYPE,
+    workflow_id,
+)
 from berth.domain.ui_details import static_details, static_summary
-from berth.domain.temporal_names import RETRY_SIGNAL, STATE_QUERY, STOP_SIGNAL, WORKFLOW_TYPE, workflow_id
 from berth.engines.engine_args import spec_refusal
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.common.temporal_connection import connect
 from berth.workflows.deployment import BERTH_MODEL, BERTH_STATUS, DeploymentInput
 
 QUERY_TIMEOUT = timedelta(seconds=10)
+UPDATE_TIMEOUT = timedelta(seconds=10)  # an update needs a worker: without one, this long
 # A workflow that has torn down (STOPPED) but not yet returned is done within moments.
 CLOSING_WAIT_S = 10.0
 
@@ -85,6 +94,11 @@ class Deployments:
         STOPPED; a STOPPED (closed) one is replaced by a new run. The env values go to Temporal
         sealed (berth.api.facade.env_secrets); the answer shows their names only."""
         refuse_unsafe(spec)
+        if spec.replicas == 0:
+            raise BadRequest(
+                "replicas: deploy at least 1 instance (0, keeping the deployment with nothing running, "
+                f"is for scale: POST /v1/deployments/{spec.name}/scale)"
+            )
         refuse_outside_roots(spec, self.settings)
         sealed = self._sealer.spec(spec)
         client = await self.client()
@@ -165,9 +179,14 @@ class Deployments:
         except RPCError as error:
             raise rpc_error(error, name) from None
 
-    async def logs(self, name: str, tail: int = 100, offset: int | None = None) -> DeploymentLogs:
+    async def logs(
+        self, name: str, tail: int = 100, offset: int | None = None, instance: str | None = None
+    ) -> DeploymentLogs:
         """The last `tail` lines of the deployment's engine log (those written at or after byte
-        `offset`, when given) and the failure patterns found in them.
+        `offset`, when given) and the failure patterns found in them. Each instance has its own
+        log: `instance` names one; without it, a deployment of one instance answers with its log,
+        one of several with the last `tail` lines of each, every line tagged `[<instance id>] `
+        (to follow with `offset`, name the instance).
 
         Single-node for now: the file named in the state (`instances[0].log_path`) is read from
         this machine's disk, which is where `berth up` runs the engines. A multi-node berth will
@@ -178,9 +197,25 @@ class Deployments:
         if offset is not None and offset < 0:
             raise BadRequest(f"offset: must be 0 or more (got {offset})")
         state = await self.get(name)
-        path = state.instances[0].log_path if state.instances else None
+        ids = [each.instance_id for each in state.instances]
+        if instance is not None:
+            chosen = [each for each in state.instances if each.instance_id == instance]
+            if not chosen:
+                raise NotFound(f"{name} has no instance {instance!r}; its instances: {', '.join(ids) or 'none'}")
+        elif len(state.instances) > 1:
+            if offset is not None:
+                raise BadRequest(f"offset: name the instance whose log to follow (instance=...): one of {', '.join(ids)}")
+            lines = []
+            for each in state.instances:
+                own, _ = await asyncio.to_thread(read_log, each.log_path, tail, 0)
+                lines += [f"[{each.instance_id}] {line}" for line in own]
+            return marked_logs(name, None, state.engine, lines, 0, instances=ids)
+        else:
+            chosen = state.instances
+        path = chosen[0].log_path if chosen else None
         lines, next_offset = await asyncio.to_thread(read_log, path, tail, offset or 0)
-        return marked_logs(name, path, state.engine, lines, next_offset)
+        owner = chosen[0].instance_id if chosen else None
+        return marked_logs(name, path, state.engine, lines, next_offset, instance=owner, instances=ids)
 
     # ---- change ------------------------------------------------------------------------------------
 
@@ -214,6 +249,11 @@ class Deployments:
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
         sealed = self._sealer.patch(name, patch)
+        changes = sealed.model_dump(mode="json", exclude_unset=True)
+        if changes and state.status is DeploymentStatus.DEPLOYED:
+            # serving: the change rolls one instance at a time (the `reconfigure` update), no downtime
+            await self._update(handle, name, RECONFIGURE_UPDATE, changes)
+            return await self.get(name)
         try:
             await handle.signal(RETRY_SIGNAL, sealed.model_dump(mode="json", exclude_unset=True))
         except RPCError as error:
@@ -221,6 +261,31 @@ class Deployments:
                 raise Conflict(f"the deployment {name!r} stopped meanwhile: deploy it again") from None
             raise rpc_error(error, name) from None
         return await self.get(name)
+
+    async def scale(self, name: str, replicas: int) -> DeploymentState:
+        """Run `replicas` instances (the workflow's `scale` update). Its validator refuses, with the
+        reason and before anything changes, a count out of range or one the node's memory cannot
+        hold: a BadRequest here."""
+        handle = await self._handle(name)
+        if (await self._describe(handle)).status is not WorkflowExecutionStatus.RUNNING:
+            raise Conflict(f"the deployment {name!r} is stopped: deploy it again (POST /v1/deployments)")
+        await self._update(handle, name, SCALE_UPDATE, {"replicas": replicas})
+        return await self.get(name)
+
+    async def _update(self, handle: WorkflowHandle, name: str, update: str, argument: dict) -> None:
+        """A workflow update; its validator's refusal is a BadRequest with its reason."""
+        try:
+            await handle.execute_update(update, argument, rpc_timeout=UPDATE_TIMEOUT)
+        except WorkflowUpdateFailedError as failed:
+            cause = failed.cause
+            message = getattr(cause, "message", None) or str(cause or failed)
+            raise BadRequest(message) from None
+        except RPCError as error:
+            if error.status is RPCStatusCode.NOT_FOUND:
+                raise Conflict(f"the deployment {name!r} stopped meanwhile: deploy it again") from None
+            if error.status is RPCStatusCode.DEADLINE_EXCEEDED:
+                raise Unavailable(f"no worker took the {update} in time: is `berth up` (its worker) running?") from None
+            raise rpc_error(error, name) from None
 
     # ---- helpers -----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from berth.api.facade.errors import BadRequest, rpc_error
 from berth.domain.spec import NAME_PATTERN
 from berth.domain.status import DeploymentStatus
 from berth.domain.temporal_names import WORKFLOW_TYPE, workflow_id
-from berth.workflows.deployment import BERTH_ENGINE, BERTH_MODEL, BERTH_STATUS
+from berth.workflows.deployment import BERTH_ENGINE, BERTH_MODEL, BERTH_REPLICAS, BERTH_STATUS
 
 WORKFLOW_ID_PREFIX = workflow_id("")
 DEFAULT_PAGE_SIZE = 50
@@ -37,6 +37,7 @@ class DeploymentSummary(BaseModel):
     status: DeploymentStatus
     engine: str | None = None
     model: str | None = None
+    replicas: str | None = Field(None, description="instances that serve / instances asked for, e.g. 2/3")
     started_at: datetime | None = Field(default=None, description="when this deployment's workflow run started")
 
 
@@ -184,5 +185,6 @@ def _summary(execution: WorkflowExecution) -> DeploymentSummary:
         status=DeploymentStatus(status) if status in DeploymentStatus.__members__ else DeploymentStatus.REQUESTED,
         engine=attributes.get(BERTH_ENGINE),
         model=attributes.get(BERTH_MODEL),
+        replicas=attributes.get(BERTH_REPLICAS),
         started_at=execution.start_time,
     )

@@ -31,9 +31,13 @@ class DeploymentLogs(BaseModel):
     lines: list[str]
     issues: list[LogIssue] = Field(description="the lines that match a known failure pattern")
     offset: int = Field(description="byte offset after the last line: pass it back to read only newer lines")
+    instance: str | None = Field(None, description="whose log this is; None: every instance's, each line tagged")
+    instances: list[str] = Field(default_factory=list, description="the deployment's instances")
 
 
-def marked_logs(name: str, path: str | None, engine: str | None, lines: list[str], offset: int) -> DeploymentLogs:
+def marked_logs(
+    name: str, path: str | None, engine: str | None, lines: list[str], offset: int, **more
+) -> DeploymentLogs:
     """The answer: `lines` with the issues the engine's patterns (and the common ones) find in them."""
     registered = ENGINES.get(engine or "")
     marked = mark_lines(lines, registered.log_patterns if registered else ())
@@ -43,6 +47,7 @@ def marked_logs(name: str, path: str | None, engine: str | None, lines: list[str
         lines=lines,
         issues=[LogIssue(line=m.index, text=m.text, code=m.code, description=m.description) for m in marked],
         offset=offset,
+        **more,
     )
 
 

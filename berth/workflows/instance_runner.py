@@ -1,0 +1,194 @@
+"""One instance of a deployment, run inside the DeploymentWorkflow as a task of its own: the node
+pipeline (files beside the port, launch beside the route, ready, supervise) and the instance's own
+restart budget.
+
+    REQUESTED -> COPYING_FILES -> STARTING -> DEPLOYED (supervise)
+              -> on failure: classify -> ERROR (restart after a backoff) | FAILED | MUST_REDOWNLOAD
+
+What the deployment as a whole then says is the workflow's rule (berth.domain.replicas): each
+change of an instance is *reported* to it. Why a task and not a child workflow: docs/replicas.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from berth.domain.errors import Failure
+    from berth.domain.pipeline import EngineOutcome
+    from berth.domain.restart_policy import decide
+    from berth.domain.spec import DeploymentSpec
+    from berth.domain.state import InstanceState
+    from berth.domain.status import DeploymentStatus, InstanceStatus
+
+from berth.workflows.node_steps import NodeSteps, check_spec, failure_of, together, unknown_failure
+
+if TYPE_CHECKING:
+    from berth.workflows.deployment import DeploymentWorkflow
+
+# how a runner ended: waiting for the user (FAILED, MUST_REDOWNLOAD), or parked so that the
+# workflow can continue as new (the engine is stopped; the next run starts it again)
+WAITING = "waiting"
+PARKED = "parked"
+INTERRUPTED = "interrupted"
+
+
+class InstanceRunner:
+    def __init__(
+        self, deployment: DeploymentWorkflow, instance: InstanceState, spec: DeploymentSpec, once: bool = False
+    ) -> None:
+        self.deployment = deployment
+        self.instance = instance
+        self.spec = spec  # its own: during a rollout, old and new instances run different specs
+        self.once = once  # a rollout's new instance: its first failure ends it (no restart)
+        self.context_size: int | None = None
+        self.leaving = False  # a scale down, retry or stop takes this instance
+        self._deployed_at: float | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> InstanceRunner:
+        self.task = asyncio.ensure_future(self.run())
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def interrupted(self) -> bool:
+        return self.leaving or self.deployment.interrupted
+
+    async def stop(self) -> None:
+        """End the runner (its engine is stopped by the caller, which knows what else goes)."""
+        self.leaving = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, ActivityError):
+                pass
+
+    async def run(self) -> str:
+        first = True
+        while not self.interrupted():
+            if not first and self.deployment.may_park():
+                return PARKED
+            first = False
+            outcome = await self._deploy_and_serve()
+            if outcome.node_shutdown:
+                self._report(DeploymentStatus.DEPLOYING, "the node restarted: launching again")
+                continue
+            if not await self._recover_from(outcome.failure or unknown_failure()):
+                return WAITING
+        return INTERRUPTED
+
+    # ---- one pass of the pipeline -------------------------------------------------------------
+
+    async def _deploy_and_serve(self) -> EngineOutcome:
+        """One pass of the pipeline; returns when the engine has failed (or the node went down).
+        Independent steps run side by side: each is a round trip through Temporal."""
+        deployment, instance = self.deployment, self.instance
+        keep, spec = deployment.keep, self.spec
+        node = NodeSteps(instance, self.interrupted)
+        self._report(DeploymentStatus.DEPLOYING, "selecting an engine")
+        try:
+            refused = await check_spec(spec)  # the API's rules, for a spec that came straight through Temporal
+            if refused:
+                return EngineOutcome(failure=refused)
+            # the files (the engine's choice before them, the memory plan after), beside the port
+            keep.set_instance(InstanceStatus.COPYING_FILES, instance)
+            instance.port, model = await together(node.allocate_port(), deployment.prepare_files(node, spec))
+            choice = model.choice
+            keep.record_engine(choice)
+            keep.take_files(model)
+            self.context_size = model.plan.context_size if model.plan else spec.context_size
+
+            # the launch, beside the route (which holds this instance only when none serves yet)
+            keep.set_instance(InstanceStatus.STARTING, instance)
+            _, handle = await together(
+                deployment.sync_route(),
+                node.launch(spec, choice.engine, model.path, self.context_size),
+            )
+            instance.pid, instance.log_path = handle.pid, handle.log_path
+
+            # INITIALIZING: the engine loads the model
+            self._report(DeploymentStatus.INITIALIZING, f"{choice.engine} is loading the model")
+            ready = await node.await_ready(handle, spec.startup_timeout_s)
+            if not ready.ready:
+                return ready
+
+            # DEPLOYED: in the route, served, and watched until it fails
+            keep.set_instance(InstanceStatus.DEPLOYED, instance)
+            instance.error = None
+            self.once = False  # it serves: from now on it restarts like any instance
+            self._deployed_at = workflow.time()
+            await deployment.sync_route()
+            self._report(DeploymentStatus.DEPLOYED, f"serving at {deployment.state.endpoint}")
+            return await node.supervise(handle)
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            return EngineOutcome(failure=failure_of(error))
+
+    # ---- failures and restarts ----------------------------------------------------------------
+
+    async def _recover_from(self, failure: Failure) -> bool:
+        """Record the failure and stop what is left of the engine; then wait for the backoff
+        (ERROR: True, a next pass follows) or end for the user (FAILED, MUST_REDOWNLOAD: False)."""
+        deployment, instance = self.deployment, self.instance
+        keep, spec = deployment.keep, self.spec
+        if self._deployed_at is not None and workflow.time() - self._deployed_at >= spec.restart.stable_after_s:
+            instance.restarts = 0  # it served long enough: a new crash starts a new count
+        self._deployed_at = None
+        decision = decide(failure.code, instance.restarts, spec.restart)
+        keep.record_error(failure, instance)
+        node = NodeSteps(instance)
+        if self.once:  # a rollout's new instance: the rollout rolls back (DeploymentWorkflow)
+            instance.port = None
+            await self._leave_route_quietly()
+            await node.stop_engine()
+            instance.pid = None
+            await node.release_port()
+            keep.set_instance(InstanceStatus.FAILED, instance)
+            return False
+        if decision.status is DeploymentStatus.ERROR:
+            # said at once; out of the route if another instance serves; then the engine's remains go
+            instance.restarts = decision.attempt
+            instance.next_retry_at = workflow.now() + timedelta(seconds=decision.backoff_s)
+            when = f"in {decision.backoff_s:g} s" if decision.backoff_s else "now"
+            keep.set_instance(InstanceStatus.ERROR, instance)
+            await self._leave_route_quietly()
+            self._report(DeploymentStatus.ERROR, f"{failure.code.value}: {decision.reason} {when}")
+            await node.stop_engine()
+            instance.pid = None
+            if decision.backoff_s:
+                try:
+                    await workflow.wait_condition(self.interrupted, timeout=timedelta(seconds=decision.backoff_s))
+                except asyncio.TimeoutError:
+                    pass
+            instance.next_retry_at = None
+            return True
+        # FAILED / MUST_REDOWNLOAD wait for the user: said only once nothing is left of the engine
+        instance.port = None
+        await self._leave_route_quietly()
+        await node.stop_engine()
+        instance.pid = None
+        await node.release_port()
+        keep.set_instance(InstanceStatus(decision.status.value), instance)
+        self._report(decision.status, f"{failure.code.value}: {decision.reason}")
+        return False
+
+    async def _leave_route_quietly(self) -> None:
+        try:
+            await self.deployment.sync_route()
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            # the next route change writes it again (its servers are then unknown: rewritten)
+
+    def _report(self, status: DeploymentStatus, detail: str) -> None:
+        self.deployment.report(self.instance, status, detail)
