@@ -21,7 +21,8 @@ TOKEN = "admin-token-for-tests"
 PAGES = ["/ui", "/ui/", "/ui/deployments", "/ui/deployments?status=FAILED", "/ui/deploy", "/ui/deployments/x",
          "/ui/deployments/x/logs"]
 READS = ["/ui/api/deployments", "/ui/api/deployments/x", "/ui/api/deployments/x/logs", "/ui/api/engines?model=x"]
-ACTIONS = ["/ui/api/deploy", "/ui/api/plan", "/ui/api/deployments/x/stop", "/ui/api/deployments/x/retry"]
+ACTIONS = ["/ui/api/deploy", "/ui/api/plan", "/ui/api/deployments/x/stop", "/ui/api/deployments/x/retry",
+           "/ui/api/deployments/x/scale"]
 
 
 @pytest.fixture

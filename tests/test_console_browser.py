@@ -4,6 +4,7 @@ DEPLOYED without a reload, a random-bytes model's failure in its row, its page a
 Change and retry with the suggested context, Stop; and a cross-site POST refused."""
 
 import re
+import time
 
 import httpx
 import pytest
@@ -114,6 +115,28 @@ def test_change_and_retry_with_the_suggested_context_then_stop(page, stack, api,
     page.get_by_role("button", name="Stop").click()
     page.wait_for_selector("#detail #status:text-is('STOPPED')", timeout=60_000)
     assert api.get(f"/v1/deployments/{name}").json()["status"] == "STOPPED"
+
+
+def test_scale_from_the_deployment_page_then_a_refused_scale_says_why(page, stack, api, tiny_gguf, name):
+    assert api.post("/v1/deployments", json={"name": name, "model": str(tiny_gguf)}).status_code == 202
+    wait_for_api_status(api, name, {"DEPLOYED"}, timeout_s=90)
+    page.goto(f"{stack.api_url}/ui/deployments/{name}")
+    page.get_by_label("Replicas").fill("2")
+    page.get_by_role("button", name="Scale", exact=True).click()
+    page.wait_for_selector("#action-result:has-text('Scaling to 2')", timeout=30_000)
+    deadline = time.monotonic() + DEPLOY_S / 1000
+    while (state := api.get(f"/v1/deployments/{name}").json())["ready_replicas"] < 2:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    assert state["replicas"] == 2
+    page.wait_for_selector("#detail :text('2/2 ready')", timeout=10_000)  # the page follows by itself
+    page.get_by_label("Replicas").fill("64")  # above the maximum: the validator's reason, nothing changes
+    page.get_by_role("button", name="Scale", exact=True).click()
+    page.wait_for_selector("#action-result.alert", timeout=30_000)
+    assert "16" in page.locator("#action-result").inner_text()
+    assert api.get(f"/v1/deployments/{name}").json()["replicas"] == 2
+    assert api.post(f"/v1/deployments/{name}/stop").status_code == 202
+    wait_for_api_status(api, name, {"STOPPED"}, timeout_s=60)
 
 
 def test_a_cross_site_post_from_a_browser_is_refused(browser, stack, api, tiny_gguf, name):

@@ -134,6 +134,7 @@ def test_llamacpp_puts_berths_flags_last_and_a_user_threads_replaces_berths_defa
                     "--model", "/models/m.gguf", "--host", "127.0.0.1", "--port", "20001",
                     "--alias", "d", "--metrics", "--ctx-size", "512"]
     assert LlamaCppEngine().command(request("llamacpp", [])).argv[1] == "--threads"  # berth's default
+    assert LlamaCppEngine().command(request("llamacpp", ["--metrics"])).argv.count("--metrics") == 1  # not twice
     with pytest.raises(EngineArgsError, match="--host"):
         LlamaCppEngine().command(request("llamacpp", ["--host", "0.0.0.0"]))
 

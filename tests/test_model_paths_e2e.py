@@ -5,6 +5,7 @@ straight through Temporal; an engine's log is 0600 in a 0700 folder and holds no
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -93,7 +94,8 @@ async def test_engine_logs_are_private_and_hold_no_env_value(stack, api, tiny_gg
     assert accepted.status_code == 202, accepted.text
     state = wait_for_api_status(api, name, FINAL)
     assert state["status"] == "DEPLOYED", state["error"]
-    log = stack.settings.logs_dir / f"{name}.log"
+    log = Path(state["instances"][0]["log_path"])  # one log per instance
+    assert log.parent == stack.settings.logs_dir
     assert "=== berth: starting" in log.read_text()
     assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
     api.post(f"/v1/deployments/{name}/stop")

@@ -21,14 +21,13 @@ from berth.api.errors import ERROR_RESPONSES, ApiError
 from berth.domain.hardware import gib
 from berth.domain.memory import memory_budget, plan_resources
 from berth.domain.memory_options import ContextOption, context_options
-from berth.domain.spec import MAX_CONTEXT_SIZE, EngineName
+from berth.domain.spec import MAX_CONTEXT_SIZE, MAX_REPLICAS, EngineName
 from berth.engines.selection import SelectionRefused, select_engine
 from berth.models.facts import ModelFilesUnreadable
 from berth.models.presets import is_assembled, missing_model_message, packaged_path, preset_for
 from berth.settings import Settings
 
 REMOTE_PREFIXES = ("http://", "https://", "hf:")
-MAX_REPLICAS = 64
 
 router = APIRouter(
     prefix="/v1/plan",

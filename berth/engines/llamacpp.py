@@ -31,8 +31,9 @@ class LlamaCppEngine(Engine):
             "--host", "127.0.0.1",
             "--port", str(request.port),
             "--alias", request.deployment,
-            "--metrics",  # Prometheus at /metrics (llamacpp:* series), scraped by the job `engines`
         ]
+        if "--metrics" not in user:  # Prometheus at /metrics (llamacpp:* series), the job `engines`
+            owned.append("--metrics")
         if request.context_size:
             owned += ["--ctx-size", str(request.context_size)]
         return LaunchCommand(argv=[*program, *defaults, *user, *owned], env=dict(request.env))

@@ -158,6 +158,7 @@ class InstanceRunner:
         if decision.status is DeploymentStatus.ERROR:
             # said at once; out of the route if another instance serves; then the engine's remains go
             instance.restarts = decision.attempt
+            keep.count_restart(failure)
             instance.next_retry_at = workflow.now() + timedelta(seconds=decision.backoff_s)
             when = f"in {decision.backoff_s:g} s" if decision.backoff_s else "now"
             keep.set_instance(InstanceStatus.ERROR, instance)

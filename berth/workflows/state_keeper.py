@@ -67,8 +67,6 @@ class StateKeeper:
             took = (workflow.now() - self._pass_started).total_seconds()
             self._instrument(TIME_TO_DEPLOYED).record(took, {"engine": engine})
             self._pass_started = None
-        elif status is DeploymentStatus.ERROR and self.state.error is not None:
-            self._instrument(RESTARTS).add(1, {"code": self.state.error.code.value, "engine": engine})
 
     def _instrument(self, metric: MetricName):
         if metric.name not in self._instruments:
@@ -103,6 +101,7 @@ class StateKeeper:
         """The failure as the user reads it: code, message, what to do about it, the engine's log;
         the instance's (the deployment's takes it when no instance serves: berth.domain.replicas)."""
         error = self.error_of(failure)
+        self._instrument(FAILURES).add(1, {"code": failure.code.value, "engine": self.state.engine or "none"})
         if instance is None:
             self.state.error = error
         else:
@@ -117,7 +116,11 @@ class StateKeeper:
             suggested_context_size=failure.suggested_context_size,
             at=workflow.now(),
         )
-        self._instrument(FAILURES).add(1, {"code": failure.code.value, "engine": self.state.engine or "none"})
+
+    def count_restart(self, failure: Failure) -> None:
+        """An automatic restart of one instance (a failure that led to ERROR), by its code: counted
+        per instance, so a replica restarted while the others serve counts too."""
+        self._instrument(RESTARTS).add(1, {"code": failure.code.value, "engine": self.state.engine or "none"})
 
     def reject_patch(self, invalid: ValidationError | None) -> None:
         """A retry's spec patch: why it was refused, or None once one is accepted."""

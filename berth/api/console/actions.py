@@ -6,8 +6,8 @@ Without a valid session every route is a 401. A POST must also be same-origin (S
 Origin) and carry the session's CSRF token in X-Berth-CSRF: a cross-site one is a 403. Errors
 are the API's shape, `{"error": {"code", "message"}}`.
 
-Scale: the replicas work adds `POST /ui/api/deployments/{name}/scale` here (the facade's scale,
-with `{"replicas": N}`), and its button to templates/deployment.html where the comment says.
+Scale posts `{"replicas": N}` to the facade's scale (the workflow's `scale` update, whose
+validator's refusal comes back as a 400 with its reason).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
 
 from berth.api.console import session as sessions
 from berth.api.console.views import detail_html, logs_answer, page_of_rows, rows_html, status_filter
@@ -119,6 +120,16 @@ async def deploy(spec: DeploymentSpec, facade: Facade) -> dict:
 async def stop(name: str, facade: Facade) -> dict:
     state = await facade.stop(name)
     return {"name": name, "status": state.status.value}
+
+
+class ScaleRequest(BaseModel):
+    replicas: int = Field(ge=0, description="instances to run (0: keep the deployment, run nothing)")
+
+
+@changes.post("/deployments/{name}/scale", status_code=202)
+async def scale(name: str, body: ScaleRequest, facade: Facade) -> dict:
+    state = await facade.scale(name, body.replicas)
+    return {"name": name, "status": state.status.value, "replicas": state.replicas}
 
 
 @changes.post("/deployments/{name}/retry", status_code=202)

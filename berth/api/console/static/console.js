@@ -98,6 +98,16 @@
     });
   }
 
+  const scale = $("scale");
+  if (scale) {
+    scale.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const replicas = Number($("scale-replicas").value);
+      const r = await request("POST", scale.dataset.scale, { replicas });
+      say(r.ok ? `Scaling to ${replicas} (status ${r.data.status})` : failure(r), !r.ok);
+    });
+  }
+
   // ---- logs ------------------------------------------------------------------------------------
   const log = $("log");
   if (log) {
