@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from berth.common.atomic_write import create_secret_once
 from berth.settings import Settings
 
 TOKEN_ENV = "BERTH_API_TOKEN"
@@ -31,28 +32,12 @@ def load_api_token(settings: Settings, env: Mapping[str, str] = os.environ) -> s
 
 
 def ensure_api_token(settings: Settings, env: Mapping[str, str] = os.environ) -> str:
-    """The token, creating $BERTH_HOME/api-token (mode 0600) when there is none yet.
-
-    The file appears at once with its content (written aside, then hard-linked into place), so a
-    process that reads it concurrently never sees it empty, and two creators agree on one token.
-    """
+    """The token, creating $BERTH_HOME/api-token (mode 0600) when there is none yet (at once with
+    its content: berth.common.atomic_write.create_secret_once)."""
     existing = load_api_token(settings, env)
     if existing:
         return existing
-    path = token_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-    finally:
-        aside.unlink(missing_ok=True)
-    return token_path(settings).read_text().strip()
+    return create_secret_once(token_path(settings)).strip()
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -21,7 +21,6 @@ import base64
 import binascii
 import hashlib
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from berth.common.atomic_write import create_secret_once
 from berth.settings import Settings
 
 KEY_ENV = "BERTH_SECRET_KEY"
@@ -112,20 +112,7 @@ def ensure_key(settings: Settings, env: Mapping[str, str] = os.environ) -> Seali
     existing = load_key(settings, env)
     if existing is not None:
         return existing
-    path = key_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-    finally:
-        aside.unlink(missing_ok=True)
-    return SealingKey(path.read_text())
+    return SealingKey(create_secret_once(key_path(settings)))
 
 
 def seal_env(key: SealingKey, deployment: str, env: Mapping[str, str]) -> dict[str, str]:
