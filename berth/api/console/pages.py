@@ -171,12 +171,9 @@ async def deploy_page(request: Request) -> Response:
 async def deployment_page(request: Request, name: str) -> Response:
     if not logged_in(request):
         return redirect(LOGIN)
-    try:
-        state = await request.app.state.deployments.get(name)
-    except NotFound as missing:
-        return render(request, "missing.html", 404, message=missing.message)
-    except DeploymentsError as failed:
-        return render(request, "missing.html", 503, message=failed.message)
+    state = await _state_or_page(request, name)
+    if isinstance(state, Response):
+        return state
     return render(
         request, "deployment.html",
         d=detail_view(state), state=state, temporal_url=temporal_ui_url(request.app.state.settings, name),
@@ -187,11 +184,19 @@ async def deployment_page(request: Request, name: str) -> Response:
 async def logs_page(request: Request, name: str) -> Response:
     if not logged_in(request):
         return redirect(LOGIN)
+    state = await _state_or_page(request, name)
+    if isinstance(state, Response):
+        return state
+    return render(request, "logs.html", name=name, state=state)
+
+
+async def _state_or_page(request: Request, name: str):
+    """The deployment's state, or the page that says why there is none (404, or 503 when Temporal
+    does not answer)."""
     try:
-        state = await request.app.state.deployments.get(name)
+        return await request.app.state.deployments.get(name)
     except NotFound as missing:
         return render(request, "missing.html", 404, message=missing.message)
     except DeploymentsError as failed:
         return render(request, "missing.html", 503, message=failed.message)
-    return render(request, "logs.html", name=name, state=state)
 
