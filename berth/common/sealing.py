@@ -24,10 +24,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from berth.common.atomic_write import create_secret_once
 from berth.settings import Settings
@@ -53,9 +49,23 @@ class SealingKey:
                 f"{KEY_ENV} is too short ({len(secret)} characters): use at least {MIN_KEY_CHARS} random "
                 "characters, e.g. the output of `openssl rand -hex 32`"
             )
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"berth env sealing v1")
-        self._aead = AESGCM(derived.derive(secret.encode()))
+        self._secret = secret
+        self._cipher = None
         self.id = hashlib.sha256(b"berth key id v1\0" + secret.encode()).hexdigest()[:8]
+
+    @property
+    def _aead(self):
+        """AES-GCM under the key derived from the secret, made at first use: `cryptography` is
+        imported only by a process that seals or opens (~6 MB that `berth up`, which only makes
+        the key file, does not carry)."""
+        if self._cipher is None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+            derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"berth env sealing v1")
+            self._cipher = AESGCM(derived.derive(self._secret.encode()))
+        return self._cipher
 
     def seal(self, deployment: str, name: str, value: str) -> str:
         nonce = os.urandom(NONCE_BYTES)
@@ -71,6 +81,8 @@ class SealingKey:
                 f"{self.id!r}): give this node the API's {KEY_ENV} (or its $BERTH_HOME/{KEY_FILE}), "
                 "or deploy again through this API"
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.b64decode(blob.encode(), altchars=b"-_", validate=True)
             if len(raw) < NONCE_BYTES + 16:
