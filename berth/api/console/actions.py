@@ -16,13 +16,13 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
 
 from berth.api.console import session as sessions
 from berth.api.console.views import detail_html, logs_answer, page_of_rows, rows_html, status_filter
 from berth.api.errors import ApiError
 from berth.api.facade import MAX_TAIL, Deployments
 from berth.api.routes_engines import engines_report
+from berth.api.routes_deployments import ScaleBody
 from berth.api.routes_plan import PlanAnswer, PlanRequest, plan_report
 from berth.domain.spec import DeploymentSpec, EngineName, SpecPatch
 
@@ -122,12 +122,8 @@ async def stop(name: str, facade: Facade) -> dict:
     return {"name": name, "status": state.status.value}
 
 
-class ScaleRequest(BaseModel):
-    replicas: int = Field(ge=0, description="instances to run (0: keep the deployment, run nothing)")
-
-
 @changes.post("/deployments/{name}/scale", status_code=202)
-async def scale(name: str, body: ScaleRequest, facade: Facade) -> dict:
+async def scale(name: str, body: ScaleBody, facade: Facade) -> dict:
     state = await facade.scale(name, body.replicas)
     return {"name": name, "status": state.status.value, "replicas": state.replicas}
 
