@@ -83,6 +83,17 @@ def _port_range(raw: str) -> tuple[int, int]:
     return low, high
 
 
+def _grace(env: Mapping[str, str]) -> float:
+    raw = env.get("BERTH_NODE_GRACE_S") or "8"
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise SystemExit(f"berth: BERTH_NODE_GRACE_S={raw!r} is not a number of seconds") from None
+    if not (2 <= grace <= 3600):
+        raise SystemExit(f"berth: BERTH_NODE_GRACE_S={raw!r} must lie within 2-3600 seconds")
+    return grace
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -101,6 +112,12 @@ class Settings:
     temporal_address: str
     gateway_url: str
     api_url: str
+    # the cluster (docs/cluster.md): the address peers reach this node's gateway at (it binds there),
+    # the seconds without a presence heartbeat before a node is DOWN, and the port of the node's
+    # file server (loopback, behind the gateway: other nodes copy NODE:/path models from it)
+    node_address: str = "127.0.0.1"
+    node_grace_s: float = 8.0
+    files_port: int = 8084
     # the folders local models may be read from ($BERTH_HOME/models among them): BERTH_MODEL_ROOTS
     model_roots: tuple[Path, ...] = ()
 
@@ -110,6 +127,7 @@ class Settings:
         temporal_port = _int_env(env, "BERTH_TEMPORAL_PORT", 7233)
         gateway_port = _int_env(env, "BERTH_GATEWAY_PORT", 8080)
         api_port = _int_env(env, "BERTH_API_PORT", 8000)
+        node_address = env.get("BERTH_NODE_ADDRESS") or "127.0.0.1"
         return cls(
             home=home,
             node_id=env.get("BERTH_NODE_ID") or socket.gethostname().split(".")[0].lower(),
@@ -123,10 +141,18 @@ class Settings:
             gateway_metrics_port=_int_env(env, "BERTH_GATEWAY_METRICS_PORT", 8082),
             # a cluster elsewhere (docker-compose): where Temporal and the gateway really are
             temporal_address=env.get("BERTH_TEMPORAL_ADDRESS") or f"127.0.0.1:{temporal_port}",
-            gateway_url=env.get("BERTH_GATEWAY_URL") or f"http://127.0.0.1:{gateway_port}",
+            gateway_url=env.get("BERTH_GATEWAY_URL") or f"http://{node_address}:{gateway_port}",
             api_url=env.get("BERTH_API_URL") or f"http://127.0.0.1:{api_port}",
             model_roots=_model_roots(env, home),
+            node_address=node_address,
+            node_grace_s=_grace(env),
+            files_port=_int_env(env, "BERTH_FILES_PORT", 8084),
         )
+
+    @property
+    def peer_gateway_url(self) -> str:
+        """Where the other nodes reach this node's gateway."""
+        return f"http://{self.node_address}:{self.gateway_port}"
 
     @property
     def node_queue(self) -> str:

@@ -40,14 +40,28 @@ class PortRequest(BaseModel):
     instance_id: str
 
 
+class RouteServer(BaseModel):
+    """One server of a deployment's route: an instance that serves, on its node."""
+
+    instance_id: str
+    node: str
+    port: int
+
+
 class RouteRequest(BaseModel):
-    """The deployment's route: one Traefik service whose servers are these ports on the node."""
+    """The deployment's route: one Traefik service whose servers are the instances that serve.
+
+    The same request goes to every node's gateway (docs/cluster.md): each one sends to the
+    instances on its own node directly (127.0.0.1:port) and to the others through their node's
+    gateway (`nodes`: node id -> gateway URL) with the cluster token."""
 
     deployment: str
     port: int | None = None  # one server (how a route was asked for before replicas)
-    ports: list[int] = Field(default_factory=list)  # the servers: the instances that serve
+    ports: list[int] = Field(default_factory=list)  # the servers on this node (before the cluster)
     engine: str
     public: bool = False
+    instances: list[RouteServer] = Field(default_factory=list)  # the servers, on every node
+    nodes: dict[str, str] = Field(default_factory=dict)  # node id -> gateway URL, for remote servers
 
     def servers(self) -> list[int]:
         return list(self.ports) or ([self.port] if self.port else [])

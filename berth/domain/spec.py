@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from berth.domain.cluster import check_node_id
 from berth.domain.env_policy import env_name_problem
 from berth.domain.model_reference import BadModelReference, is_remote, parse_model_reference
 
@@ -92,7 +93,16 @@ class DeploymentSpec(BaseModel):
         "Temporal and shown as '***' in every answer",
     )
     public: bool = Field(False, description="serve the model endpoint without the API token")
-    node: str | None = Field(None, description="node to run on; default: the node that places it")
+    node: str | None = Field(
+        None, description="pin: the node every instance runs on, never another (default: placed by fit)"
+    )
+    nodes: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="the nodes instances may be placed on (empty: any node that fits)",
+    )
+    placement: Literal["spread", "pack"] = Field(
+        "spread", description="spread: instances on different nodes where they fit; pack: fill a node first"
+    )
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     replicas: int = Field(
         1, ge=0, le=MAX_REPLICAS,
@@ -104,6 +114,16 @@ class DeploymentSpec(BaseModel):
     @classmethod
     def _name_is_dns_label(cls, name: str) -> str:
         return check_name(name)
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, node: str | None) -> str | None:
+        return None if node is None else check_node_id(node)
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_ids(cls, nodes: list[str]) -> list[str]:
+        return [check_node_id(node) for node in nodes]
 
     @field_validator("model")
     @classmethod
