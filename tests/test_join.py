@@ -1,0 +1,108 @@
+"""`berth join` against real servers: what it refuses before starting anything, and a joined node
+that stops on SIGTERM (drain, then worker, engines, gateway) leaving no process. Addresses
+127.0.0.51-59 (docs/cluster.md: each suite its own)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from berth.testing.cluster_harness import Cluster
+from berth.testing.harness import free_port, processes_with_home
+
+
+def join(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    base = {key: value for key, value in os.environ.items() if not key.startswith("BERTH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "berth.api.cli", "join", *args],
+        env={**base, **env}, capture_output=True, text=True, timeout=timeout_s,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    running = Cluster(tmp_path_factory.mktemp("join-cluster"), ["127.0.0.51", "127.0.0.52"])
+    try:
+        running.start()
+        yield running
+    finally:
+        left = running.close()
+        assert not left, f"left behind: {left}"
+
+
+def test_join_without_anything_names_each_missing_piece(tmp_path):
+    result = join({"BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "x1"})
+    assert result.returncode == 2
+    assert "BERTH_TEMPORAL_ADDRESS is not set" in result.stdout
+    assert "no cluster token: set BERTH_CLUSTER_TOKEN, or pass --token-file" in result.stdout
+    assert "BERTH_API_URL is not set" in result.stdout
+    assert not processes_with_home(tmp_path / "home")
+
+
+def test_join_with_temporal_not_answering_says_so_and_starts_nothing(tmp_path):
+    address = f"127.0.0.59:{free_port()}"  # nobody listens there
+    result = join({
+        "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "x2", "BERTH_TEMPORAL_ADDRESS": address,
+        "BERTH_CLUSTER_TOKEN": "t" * 40, "BERTH_API_URL": "http://127.0.0.59:1",
+    })
+    assert result.returncode == 2, result.stdout
+    assert f"Temporal at {address} (BERTH_TEMPORAL_ADDRESS) does not answer" in result.stdout
+    assert "cluster token" not in result.stdout  # the token was given: nothing said of it
+    assert not processes_with_home(tmp_path / "home")
+
+
+def test_join_with_a_missing_token_file_or_tls_file_says_which(tmp_path, cluster):
+    env = {
+        "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "x3",
+        "BERTH_TEMPORAL_ADDRESS": cluster.temporal_address, "BERTH_API_URL": cluster.first.api_url,
+    }
+    result = join(env, "--token-file", str(tmp_path / "nope"))
+    assert result.returncode == 1
+    assert f"--token-file {tmp_path / 'nope'}: no such file" in result.stderr + result.stdout
+    result = join({**env, "BERTH_CLUSTER_TOKEN": "t" * 40, "BERTH_TEMPORAL_TLS_CA": str(tmp_path / "ca.pem")})
+    assert result.returncode == 2
+    assert f"BERTH_TEMPORAL_TLS_CA={tmp_path / 'ca.pem'}: no such file" in result.stdout
+    assert not processes_with_home(tmp_path / "home")
+
+
+def test_a_bad_node_id_is_refused(tmp_path, cluster):
+    result = join({
+        "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "Bad/Id",
+        "BERTH_TEMPORAL_ADDRESS": cluster.temporal_address, "BERTH_API_URL": cluster.first.api_url,
+        "BERTH_CLUSTER_TOKEN": "t" * 40,
+    })
+    assert result.returncode == 2
+    assert "BERTH_NODE_ID: 'Bad/Id' is not a node id" in result.stdout
+
+
+def test_a_joined_node_runs_worker_and_gateway_and_sigterm_leaves_nothing(cluster):
+    node = cluster.joined["n2"]
+    commands = [" ".join(process.cmdline()) for process in node.processes()]
+    assert any("berth.worker.main" in command for command in commands), commands
+    assert any("traefik" in command for command in commands), commands
+    output = "".join(node.output)
+    assert "task queues berth and berth-node-n2" in output
+    assert cluster.cluster_token() not in output  # the file is named, never its content
+    token_file = node.home / "cluster-token"
+    assert token_file.read_text().strip() == cluster.cluster_token()
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    # the token stays out of the environment of the node's processes (the engines inherit it)
+    assert all("BERTH_CLUSTER_TOKEN" not in process.environ() for process in node.processes())
+
+    assert cluster.stop_node("n2") == 0
+    output = "".join(node.output)
+    assert "berth: leaving the cluster" in output
+    assert "berth: stopped" in output
+    assert not node.processes()
+    cluster.restart_node("n2")  # the same home and ports: it comes back
+    assert node.running()
+
+
+def test_berth_up_makes_the_cluster_token_and_prints_how_to_join_without_it(cluster):
+    output = "".join(cluster.first.output)
+    line = cluster.first.wait_for_output("berth join")
+    assert f"BERTH_TEMPORAL_ADDRESS={cluster.temporal_address}" in line
+    assert str(cluster.token_path) in line
+    assert cluster.cluster_token() not in output
+    assert oct(cluster.token_path.stat().st_mode & 0o777) == "0o600"
