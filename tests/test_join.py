@@ -106,3 +106,32 @@ def test_berth_up_makes_the_cluster_token_and_prints_how_to_join_without_it(clus
     assert str(cluster.token_path) in line
     assert cluster.cluster_token() not in output
     assert oct(cluster.token_path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_tls_client_against_the_dev_server_fails_with_what_was_tried(tmp_path, cluster):
+    """The dev server has no TLS: a node asking for it is refused at start, saying what it tried."""
+    result = join({
+        "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "x4", "BERTH_TEMPORAL_TLS": "1",
+        "BERTH_TEMPORAL_ADDRESS": cluster.temporal_address, "BERTH_API_URL": cluster.first.api_url,
+        "BERTH_CLUSTER_TOKEN": "t" * 40,
+        **{name: str(free_port()) for name in ("BERTH_GATEWAY_PORT", "BERTH_GATEWAY_METRICS_PORT",
+                                               "BERTH_WORKER_METRICS_PORT", "BERTH_FILES_PORT")},
+    })
+    assert result.returncode == 1, result.stdout
+    assert f"cannot connect to Temporal at {cluster.temporal_address} (namespace default, TLS)" in result.stdout
+    assert not processes_with_home(tmp_path / "home")
+
+
+def test_berth_up_refuses_tls_options_for_its_own_dev_server(tmp_path):
+    base = {key: value for key, value in os.environ.items() if not key.startswith("BERTH_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "berth.api.cli", "up"],
+        env={**base, "BERTH_HOME": str(tmp_path / "home"), "BERTH_TEMPORAL_API_KEY": "k",
+             **{name: str(free_port()) for name in ("BERTH_TEMPORAL_PORT", "BERTH_UI_PORT", "BERTH_GATEWAY_PORT",
+                                                    "BERTH_API_PORT", "BERTH_WORKER_METRICS_PORT",
+                                                    "BERTH_TEMPORAL_METRICS_PORT", "BERTH_GATEWAY_METRICS_PORT")}},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "BERTH_TEMPORAL_API_KEY: `berth up` runs its own Temporal dev server, which has no TLS" in result.stdout
+    assert not processes_with_home(tmp_path / "home")
