@@ -5,11 +5,31 @@ that stops on SIGTERM (drain, then worker, engines, gateway) leaving no process.
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from berth.testing.cluster_harness import Cluster
 from berth.testing.harness import free_port, processes_with_home
+
+
+def berth(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    """A `berth` command as a user on the first node runs it (its API, its token)."""
+    return subprocess.run([sys.executable, "-m", "berth.api.cli", *args], env=cluster.first.env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def wait_for_nodes(cluster: Cluster, statuses: dict[str, str], timeout_s: float = 30) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout_s
+    with cluster.api() as api:
+        while True:
+            response = api.get("/v1/nodes")
+            nodes = {node["id"]: node for node in response.json().get("nodes", [])} if response.is_success else {}
+            if all(nodes.get(node, {}).get("status") == status for node, status in statuses.items()):
+                return nodes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodes not {statuses} within {timeout_s} s: {response.text}")
+            time.sleep(0.1)
 
 
 def join(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
@@ -22,7 +42,8 @@ def join(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    running = Cluster(tmp_path_factory.mktemp("join-cluster"), ["127.0.0.51", "127.0.0.52"])
+    running = Cluster(tmp_path_factory.mktemp("join-cluster"), ["127.0.0.51", "127.0.0.52", "127.0.0.53"],
+                      extra_env={"BERTH_MEMORY_LIMIT": "1GiB"})
     try:
         running.start()
         yield running
@@ -76,6 +97,37 @@ def test_a_bad_node_id_is_refused(tmp_path, cluster):
     assert "BERTH_NODE_ID: 'Bad/Id' is not a node id" in result.stdout
 
 
+def test_every_node_is_ready_with_its_capacity_in_berth_nodes(cluster):
+    nodes = wait_for_nodes(cluster, {"n1": "READY", "n2": "READY", "n3": "READY"})
+    assert sorted(nodes) == ["n1", "n2", "n3"]
+    for node_id, address in zip(cluster.node_ids, cluster.addresses):
+        node = nodes[node_id]
+        assert node["address"] == cluster.gateway_url(node_id) == f"http://{address}:{cluster.settings(node_id).gateway_port}"
+        assert node["capacity_bytes"] == 2**30  # BERTH_MEMORY_LIMIT
+        assert node["ram_bytes"] > 0 and node["reserved_bytes"] == 0 and node["instances"] == []
+        assert "llamacpp" in node["engines"]
+    result = berth(cluster, "nodes")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ID", "ADDRESS", "STATUS", "RAM", "GPUS", "CAPACITY", "RESERVED", "INSTANCES"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert sorted(rows) == ["n1", "n2", "n3"]
+    assert all(row[2] == "READY" and "1.0 GiB" in " ".join(row) and row[-1] == "0" for row in rows.values()), lines
+
+
+def test_drain_and_undrain_from_the_cli(cluster):
+    result = berth(cluster, "drain", "n3", "--wait", "--timeout", "30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "n3: DRAINING" in result.stdout and "n3: drained, no instance left" in result.stdout
+    assert wait_for_nodes(cluster, {"n3": "DRAINING"})["n3"]["reason"]
+    result = berth(cluster, "undrain", "n3")
+    assert result.returncode == 0 and "n3: READY" in result.stdout
+    wait_for_nodes(cluster, {"n3": "READY"})
+    result = berth(cluster, "drain", "n9")
+    assert result.returncode == 1
+    assert "no node 'n9' in the cluster; the nodes: n1, n2, n3" in result.stderr
+
+
 def test_a_joined_node_runs_worker_and_gateway_and_sigterm_leaves_nothing(cluster):
     node = cluster.joined["n2"]
     commands = [" ".join(process.cmdline()) for process in node.processes()]
@@ -93,10 +145,14 @@ def test_a_joined_node_runs_worker_and_gateway_and_sigterm_leaves_nothing(cluste
     assert cluster.stop_node("n2") == 0
     output = "".join(node.output)
     assert "berth: leaving the cluster" in output
+    assert "berth: n2 is drained: no instance left here" in output
     assert "berth: stopped" in output
     assert not node.processes()
-    cluster.restart_node("n2")  # the same home and ports: it comes back
+    # DOWN at once: its worker's presence activity says that it stops (berth.node.presence)
+    assert "worker stopped" in wait_for_nodes(cluster, {"n2": "DOWN"})["n2"]["reason"]
+    cluster.restart_node("n2")  # the same home and ports: it comes back, READY again
     assert node.running()
+    wait_for_nodes(cluster, {"n2": "READY"})
 
 
 def test_berth_up_makes_the_cluster_token_and_prints_how_to_join_without_it(cluster):
