@@ -2,6 +2,7 @@
 that stops on SIGTERM (drain, then worker, engines, gateway) leaving no process. Addresses
 127.0.0.51-59 (docs/cluster.md: each suite its own)."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from berth.testing.cluster_harness import Cluster
 from berth.testing.harness import free_port, processes_with_home
+from berth.worker.gateway import static_config
 
 
 def berth(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
@@ -191,3 +193,40 @@ def test_berth_up_refuses_tls_options_for_its_own_dev_server(tmp_path):
     assert result.returncode == 1
     assert "BERTH_TEMPORAL_API_KEY: `berth up` runs its own Temporal dev server, which has no TLS" in result.stdout
     assert not processes_with_home(tmp_path / "home")
+
+
+def gateway_binds_the_node_address(cluster) -> bool:
+    settings = cluster.settings("n2")
+    return static_config(settings)["entryPoints"]["web"]["address"].startswith(settings.node_address)
+
+
+async def test_sigterm_of_berth_join_moves_its_instance_to_another_node_before_it_stops(cluster, tiny_gguf):
+    if not gateway_binds_the_node_address(cluster):  # readiness probes the route at the node's address
+        pytest.skip("needs the gateway bound on BERTH_NODE_ADDRESS (branch mesh)")
+    from berth.domain.spec import DeploymentSpec
+    from berth.testing.harness import deployment_state, start_deployment
+
+    client = await cluster.client()
+    wait_for_nodes(cluster, {"n2": "READY", "n3": "READY"})
+    name = "join-drained"
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), context_size=1024,
+                                                  nodes=["n2", "n3"], public=True))
+    deadline = time.monotonic() + 120
+    while (state := await deployment_state(client, name)).ready_replicas != 1:
+        assert time.monotonic() < deadline and state.status.value not in ("FAILED", "STOPPED"), state
+        await asyncio.sleep(0.2)
+    source = state.instances[0].node
+    target = ({"n2", "n3"} - {source}).pop()
+    node = cluster.joined[source]
+    started = time.monotonic()
+    assert cluster.stop_node(source) == 0
+    took = time.monotonic() - started
+    output = "".join(node.output)
+    assert f"berth: draining {source}" in output and f"berth: {source} is drained: no instance left here" in output, output
+    assert not node.processes()  # worker, gateway and the old engine: all gone
+    state = await deployment_state(client, name)
+    assert [instance.node for instance in state.instances] == [target] and state.ready_replicas == 1, state
+    print(f"SIGTERM of berth join on {source} -> instance serving on {target}, join exited: {took:.1f} s")
+    await client.get_workflow_handle(f"deployment-{name}").signal("stop")
+    cluster.restart_node(source)
+    wait_for_nodes(cluster, {source: "READY"})
