@@ -89,14 +89,15 @@ def test_join_with_a_missing_token_file_or_tls_file_says_which(tmp_path, cluster
     assert not processes_with_home(tmp_path / "home")
 
 
-def test_a_bad_node_id_is_refused(tmp_path, cluster):
+def test_a_bad_node_id_or_secret_key_is_refused(tmp_path, cluster):
     result = join({
         "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "Bad/Id",
         "BERTH_TEMPORAL_ADDRESS": cluster.temporal_address, "BERTH_API_URL": cluster.first.api_url,
-        "BERTH_CLUSTER_TOKEN": "t" * 40,
+        "BERTH_CLUSTER_TOKEN": "t" * 40, "BERTH_SECRET_KEY": "abcde",
     })
     assert result.returncode == 2
     assert "BERTH_NODE_ID: 'Bad/Id' is not a node id" in result.stdout
+    assert "BERTH_SECRET_KEY is too short (5 characters)" in result.stdout and "abcde" not in result.stdout
 
 
 def test_every_node_is_ready_with_its_capacity_in_berth_nodes(cluster):
@@ -137,6 +138,7 @@ def test_a_joined_node_runs_worker_and_gateway_and_sigterm_leaves_nothing(cluste
     assert any("traefik" in command for command in commands), commands
     output = "".join(node.output)
     assert "task queues berth and berth-node-n2" in output
+    assert "  secret    the key that opens deployments' env values" in output  # the harness gave it a copy
     assert cluster.cluster_token() not in output  # the file is named, never its content
     token_file = node.home / "cluster-token"
     assert token_file.read_text().strip() == cluster.cluster_token()

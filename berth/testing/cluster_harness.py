@@ -29,7 +29,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from berth.common.atomic_write import write_atomically
 from berth.common.cluster_token import CLUSTER_TOKEN_ENV, cluster_token_path
+from berth.common.sealing import key_path
 from berth.settings import MODEL_ROOTS_ENV, Settings
 from berth.testing.harness import RunningStack, free_port, free_port_block, processes_with_home
 
@@ -123,11 +125,13 @@ class Cluster:
         node_env: dict[str, dict[str, str]] | None = None,
         share_api_token: bool = False,
         token_file: bool = True,
+        share_secret_key: bool = True,
     ):
         """`addresses[0]` is the first node's; `extra_env` goes to every node, `node_env[id]` to one.
         `share_api_token`: joined nodes get the API token too (by default they have only the cluster
         token, as on real machines). `token_file`: joined nodes get the token with --token-file (else
-        BERTH_CLUSTER_TOKEN)."""
+        BERTH_CLUSTER_TOKEN). `share_secret_key`: joined nodes get a copy of the first node's
+        $BERTH_HOME/secret-key (they open the `env` values the API sealed)."""
         self.base_dir = Path(base_dir)
         self.addresses = list(addresses)
         self.node_ids = list(node_ids or [f"n{i + 1}" for i in range(len(addresses))])
@@ -135,6 +139,7 @@ class Cluster:
         self.node_env = node_env or {}
         self.share_api_token = share_api_token
         self.token_file = token_file
+        self.share_secret_key = share_secret_key
         self.first: RunningStack | None = None
         self.joined: dict[str, JoinedNode] = {}
         self._frozen: set[int] = set()
@@ -193,6 +198,11 @@ class Cluster:
 
     def add_node(self, node_id: str, address: str, timeout_s: float = 60, wait: bool = True) -> JoinedNode:
         node = JoinedNode(node_id, address, self.base_dir / node_id, self.join_env(node_id, address))
+        if self.share_secret_key:  # as docs/cluster.md says: a copy of the first node's, 0600
+            first_key = key_path(self.first.settings)
+            if first_key.exists():
+                node.home.mkdir(parents=True, exist_ok=True)
+                write_atomically(key_path(node.settings), first_key.read_text())
         self.joined[node_id] = node
         if node_id not in self.node_ids:
             self.node_ids.append(node_id)

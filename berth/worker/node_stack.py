@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from berth.common.cluster_token import CLUSTER_TOKEN_ENV, cluster_token_path
+from berth.common.sealing import KEY_ENV, SealError, key_path, load_key
 from berth.common.temporal_options import TemporalOptionsError, temporal_options
 from berth.domain.cluster import check_node_id
 from berth.settings import CONTROL_TASK_QUEUE, Settings
@@ -90,7 +91,21 @@ def join_problems(settings: Settings, env: Mapping[str, str], token: str | None)
         temporal_options(settings)
     except TemporalOptionsError as error:
         problems.append(str(error))
+    try:
+        load_key(settings)
+    except SealError as error:
+        problems.append(str(error))
     return problems
+
+
+def secret_key_line(settings: Settings) -> str:
+    """Whether this node can open the `env` values the API sealed (the same key as the API's)."""
+    if load_key(settings) is not None:
+        return f"  secret    the key that opens deployments' env values ({KEY_ENV} or {key_path(settings)})"
+    return (
+        f"  secret    NONE: a deployment with `env` values placed here fails at launch; give this node the first "
+        f"node's {KEY_ENV} (or a copy of its $BERTH_HOME/secret-key at {key_path(settings)}, mode 0600)"
+    )
 
 
 class NodeStack(Supervisor):
@@ -150,6 +165,7 @@ class NodeStack(Supervisor):
             f"  API       {s.api_url} (the gateway's forwardAuth asks it)",
             f"  token     the cluster token in {cluster_token_path(s)}",
             f"  home      {s.home} (logs in {s.logs_dir})",
+            secret_key_line(s),
         ]
         if self.prometheus_config:
             lines.append(f"  Prometheus  prometheus --config.file={self.prometheus_config}")
