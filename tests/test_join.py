@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from berth.testing.cluster_harness import Cluster
@@ -232,3 +233,59 @@ async def test_sigterm_of_berth_join_moves_its_instance_to_another_node_before_i
     await client.get_workflow_handle(f"deployment-{name}").signal("stop")
     cluster.restart_node(source)
     wait_for_nodes(cluster, {source: "READY"})
+
+
+async def test_a_drain_that_cannot_end_stops_at_the_timeout_and_says_what_it_left(cluster, tiny_gguf):
+    """An instance pinned to the node cannot move: `berth join` waits BERTH_DRAIN_TIMEOUT_S, names it, stops.
+    (It must serve: an instance that does not is retired at once by the drain.)"""
+    if not gateway_binds_the_node_address(cluster):  # readiness probes the route at the node's address
+        pytest.skip("needs the gateway bound on BERTH_NODE_ADDRESS (branch mesh)")
+    from berth.domain.spec import DeploymentSpec
+    from berth.testing.harness import deployment_state, start_deployment
+
+    node = cluster.joined["n3"]
+    assert cluster.stop_node("n3") == 0
+    node.env["BERTH_DRAIN_TIMEOUT_S"] = "2"
+    cluster.restart_node("n3")
+    client = await cluster.client()
+    name = "join-pinned"
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), context_size=1024, node="n3",
+                                                  public=True))
+    deadline = time.monotonic() + 120
+    while (state := await deployment_state(client, name)).ready_replicas != 1:
+        assert time.monotonic() < deadline and state.status.value not in ("FAILED", "STOPPED"), state
+        await asyncio.sleep(0.2)
+    held = [instance.instance_id for instance in state.instances]
+    try:
+        assert cluster.stop_node("n3") == 0
+        output = "".join(node.output)
+        assert "berth: the drain did not end within 2 s (BERTH_DRAIN_TIMEOUT_S)" in output, output
+        assert held[0] in output
+        assert not node.processes()  # its engine too, although it never moved
+    finally:
+        await client.get_workflow_handle(f"deployment-{name}").signal("stop")
+        node.env.pop("BERTH_DRAIN_TIMEOUT_S")
+        cluster.restart_node("n3")
+        wait_for_nodes(cluster, {"n3": "READY"})
+
+
+def test_kill_node_leaves_nothing_of_a_joined_node_and_it_comes_back(cluster):
+    node = cluster.joined["n3"]
+    pids = cluster.kill_node("n3")
+    assert node.process.pid in pids and len(pids) >= 3  # berth join, worker, gateway (and engines)
+    assert not node.processes() and not node.running()
+    cluster.restart_node("n3")
+    wait_for_nodes(cluster, {"n3": "READY"})
+
+
+def test_freeze_and_thaw_the_first_node_keeps_the_clusters_temporal_and_api(cluster):
+    pids = cluster.freeze_node("n1")
+    try:
+        commands = [" ".join(p.cmdline()) for p in cluster.node_processes("n1")]
+        assert not any("server start-dev" in c or "berth.api.server" in c for c in commands)
+        with cluster.api() as api:  # the API and Temporal are the cluster's: they still answer
+            assert api.get("/healthz").status_code == 200
+        assert all(psutil.Process(pid).status() == psutil.STATUS_STOPPED for pid in pids)
+    finally:
+        cluster.thaw_node("n1")
+    assert all(psutil.Process(pid).status() != psutil.STATUS_STOPPED for pid in pids)
