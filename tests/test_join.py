@@ -144,7 +144,7 @@ def test_a_joined_node_runs_worker_and_gateway_and_sigterm_leaves_nothing(cluste
     token_file = node.home / "cluster-token"
     assert token_file.read_text().strip() == cluster.cluster_token()
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
-    # the token stays out of the environment of the node's processes (the engines inherit it)
+    # the token stays out of the environment of the node's processes (the engines inherit theirs)
     assert all("BERTH_CLUSTER_TOKEN" not in process.environ() for process in node.processes())
 
     assert cluster.stop_node("n2") == 0
@@ -289,3 +289,19 @@ def test_freeze_and_thaw_the_first_node_keeps_the_clusters_temporal_and_api(clus
     finally:
         cluster.thaw_node("n1")
     assert all(psutil.Process(pid).status() != psutil.STATUS_STOPPED for pid in pids)
+
+
+def test_a_token_given_in_the_environment_stays_out_of_the_nodes_processes(cluster):
+    cluster.token_file = False  # BERTH_CLUSTER_TOKEN for this node
+    try:
+        node = cluster.add_node("n4", "127.0.0.54")
+    finally:
+        cluster.token_file = True
+    assert node.env["BERTH_CLUSTER_TOKEN"] == cluster.cluster_token()
+    assert (node.home / "cluster-token").read_text().strip() == cluster.cluster_token()
+    # what `berth join` starts (worker, gateway, their children) inherits no token; `berth join`
+    # itself was started with it (its /proc environ keeps what it was started with)
+    environments = [process.environ() for process in node.processes() if process.pid != node.process.pid]
+    assert len(environments) >= 2 and all("BERTH_CLUSTER_TOKEN" not in env for env in environments)
+    wait_for_nodes(cluster, {"n4": "READY"})
+    assert cluster.stop_node("n4") == 0 and not node.processes()
