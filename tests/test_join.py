@@ -90,6 +90,17 @@ def test_join_with_a_missing_token_file_or_tls_file_says_which(tmp_path, cluster
     assert not processes_with_home(tmp_path / "home")
 
 
+def test_a_token_that_cannot_stand_in_a_rule_is_refused(tmp_path, cluster):
+    for token in ("short", "a token with spaces and enough characters", "x" * 20 + "`)||Host(`evil"):
+        result = join({
+            "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "x5", "BERTH_CLUSTER_TOKEN": token,
+            "BERTH_TEMPORAL_ADDRESS": cluster.temporal_address, "BERTH_API_URL": cluster.first.api_url,
+        })
+        assert result.returncode == 2, token
+        assert "the cluster token must be at least 16 characters of letters, digits and ._~+/=-" in result.stdout
+        assert token not in result.stdout
+
+
 def test_a_bad_node_id_or_secret_key_is_refused(tmp_path, cluster):
     result = join({
         "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "Bad/Id",

@@ -12,6 +12,7 @@ node is drained first (berth.worker.node_drain), then the worker, the engines an
 """
 
 import asyncio
+import re
 import socket
 import sys
 from collections.abc import Mapping
@@ -28,6 +29,9 @@ from berth.worker.supervisor import StackError, Supervisor, gateway_answers, gat
 from berth.worker.worker_ready import worker_ready
 
 TEMPORAL_ADDRESS_ENV = "BERTH_TEMPORAL_ADDRESS"
+# what a gateway's rule can hold (berth.node.peer_routes checks the same); `berth up` makes 43 of them
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+MIN_TOKEN_CHARS = 16
 API_URL_ENV = "BERTH_API_URL"
 REACH_TIMEOUT_S = 3.0
 
@@ -77,6 +81,11 @@ def join_problems(settings: Settings, env: Mapping[str, str], token: str | None)
         problems.append(
             f"no cluster token: set {CLUSTER_TOKEN_ENV}, or pass --token-file with a copy of the first node's "
             "$BERTH_HOME/cluster-token (the nodes of one berth share it; `berth up` creates it)"
+        )
+    elif len(token) < MIN_TOKEN_CHARS or not TOKEN_CHARS.fullmatch(token):
+        problems.append(
+            f"the cluster token must be at least {MIN_TOKEN_CHARS} characters of letters, digits and ._~+/=- "
+            "(it stands in the gateways' routing rules): use the first node's $BERTH_HOME/cluster-token"
         )
     if not (env.get(API_URL_ENV) or "").strip():
         problems.append(
@@ -167,6 +176,11 @@ class NodeStack(Supervisor):
             f"  home      {s.home} (logs in {s.logs_dir})",
             secret_key_line(s),
         ]
+        if _loopback(s.node_address) and not _loopback(s.temporal_address.rpartition(":")[0].strip("[]")):
+            lines.append(
+                f"  note      BERTH_NODE_ADDRESS is {s.node_address}: the other machines cannot reach this node's "
+                "gateway; set it to this machine's address on the cluster's network"
+            )
         if self.prometheus_config:
             lines.append(f"  Prometheus  prometheus --config.file={self.prometheus_config}")
         lines.append(
@@ -187,6 +201,10 @@ class NodeStack(Supervisor):
         """The worker (after the drain), then this node's engines, then the gateway."""
         self.stop_worker_then_engines(self.worker, "their deployments place them again when this node is back")
         self.gateway.stop()
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def write_node_prometheus_config(settings: Settings):
