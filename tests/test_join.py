@@ -105,11 +105,12 @@ def test_a_bad_node_id_or_secret_key_is_refused(tmp_path, cluster):
     result = join({
         "BERTH_HOME": str(tmp_path / "home"), "BERTH_NODE_ID": "Bad/Id",
         "BERTH_TEMPORAL_ADDRESS": cluster.temporal_address, "BERTH_API_URL": cluster.first.api_url,
-        "BERTH_CLUSTER_TOKEN": "t" * 40, "BERTH_SECRET_KEY": "abcde",
+        "BERTH_CLUSTER_TOKEN": "t" * 40, "BERTH_SECRET_KEY": "abcde", "BERTH_DRAIN_TIMEOUT_S": "soon",
     })
     assert result.returncode == 2
     assert "BERTH_NODE_ID: 'Bad/Id' is not a node id" in result.stdout
     assert "BERTH_SECRET_KEY is too short (5 characters)" in result.stdout and "abcde" not in result.stdout
+    assert "BERTH_DRAIN_TIMEOUT_S='soon' is not a number of seconds" in result.stdout
 
 
 def test_every_node_is_ready_with_its_capacity_in_berth_nodes(cluster):

@@ -104,6 +104,12 @@ def join_problems(settings: Settings, env: Mapping[str, str], token: str | None)
         load_key(settings)
     except SealError as error:
         problems.append(str(error))
+    from berth.worker.node_drain import drain_timeout_s
+
+    try:
+        drain_timeout_s(env)
+    except SystemExit as error:
+        problems.append(str(error).removeprefix("berth: "))
     return problems
 
 

@@ -94,6 +94,7 @@ class Stack(Supervisor):
             ("the worker's metrics (BERTH_WORKER_METRICS_PORT)", "127.0.0.1", s.worker_metrics_port),
             ("Temporal's metrics (BERTH_TEMPORAL_METRICS_PORT)", "127.0.0.1", s.temporal_metrics_port),
             ("the gateway's metrics (BERTH_GATEWAY_METRICS_PORT)", "127.0.0.1", s.gateway_metrics_port),
+            ("the node's file server (BERTH_FILES_PORT)", "127.0.0.1", s.files_port),
         ], "is another `berth up` running?")
 
     def print_summary(self, took_s: float) -> None:
