@@ -317,3 +317,16 @@ def test_a_token_given_in_the_environment_stays_out_of_the_nodes_processes(clust
     assert len(environments) >= 2 and all("BERTH_CLUSTER_TOKEN" not in env for env in environments)
     wait_for_nodes(cluster, {"n4": "READY"})
     assert cluster.stop_node("n4") == 0 and not node.processes()
+
+
+def test_berth_join_restarts_a_worker_that_dies_and_the_node_stays(cluster):
+    node = cluster.joined["n2"]
+    worker = next(p for p in node.processes() if "berth.worker.main" in " ".join(p.cmdline()))
+    worker.kill()
+    node.wait_for_output("berth: worker exited with status -9; restarting it", timeout_s=10)
+    deadline = time.monotonic() + 30
+    while not any("berth.worker.main" in " ".join(p.cmdline()) and p.pid != worker.pid for p in node.processes()):
+        assert time.monotonic() < deadline, "no new worker"
+        time.sleep(0.1)
+    assert node.running()
+    wait_for_nodes(cluster, {"n2": "READY"})
