@@ -116,12 +116,22 @@ def add_nodes(commands) -> None:
     nodes.add_argument("--json", action="store_true", help="print the API's JSON")
 
 
+def seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give a number of seconds above 0, at most 86400")
+    return value
+
+
 def add_drain(commands) -> None:
     drain = command(
         commands, "drain",
         "move every instance off a node and place nothing new there",
         "Mark NODE DRAINING: nothing new is placed there, and each deployment with an instance there starts "
-        "one on another node, then stops the old one once the new one serves (no failed request). `--wait` "
+        "one on another node, then stops the old one once the new one serves (an instance serves throughout). `--wait` "
         "waits until the node holds no instance. `berth undrain NODE` makes it READY again. Stopping "
         "`berth join` (Ctrl-C, SIGTERM) drains its node the same way.",
         "berth drain gpu-2 --wait\nberth drain gpu-2 --wait --timeout 600",
@@ -129,7 +139,7 @@ def add_drain(commands) -> None:
     )
     drain.add_argument("node", metavar="NODE", help="the node's id (`berth nodes` lists them)")
     drain.add_argument("--wait", action="store_true", help="wait until no instance is left on the node")
-    drain.add_argument("--timeout", type=float, default=300, metavar="S",
+    drain.add_argument("--timeout", type=seconds, default=300, metavar="S",
                        help="with --wait: give up after S seconds (default 300; exit 1)")
 
 
