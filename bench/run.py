@@ -5,7 +5,8 @@ engine, ratio or added time, pass/MISS) with the machine it ran on, and writes i
 
 Order: P0 (its own `berth up` per run); then one stack for P1, P2/P3/P3b, P4, P6, P5b, P7/P8 (replicas), with P5c's
 deployment supervised throughout; then a stack with the stand-in engine for P5a; then one with N
-parked deployments for P5d (the console's table). Every stack is
+parked deployments for P5d (the console's table); then a three-node cluster for P9 (node loss).
+Every stack is
 stopped at the end of its part, and the run ends by checking that no process it started is left.
 """
 
@@ -20,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import console, crash, footprint, gateway, overhead, replicas, scale, startup
+from bench import console, crash, footprint, gateway, node_loss, overhead, replicas, scale, startup
 from bench.common import (
     RESULTS_DIR,
     Bench,
@@ -38,7 +39,7 @@ MAIN_STACK_IDS = overhead.IDS | crash.IDS | gateway.IDS | footprint.IDS | replic
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="fewer runs and N=100 for P5a (a few minutes)")
-    parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c,P5d),P6,P7,P8")
+    parser.add_argument("--only", help="comma-separated ids: P0,P1,P2,P3,P3b,P4,P5 (or P5a,P5b,P5c,P5d),P6,P7,P8,P9")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON")
     parser.add_argument("--scale", type=int, help="deployments for P5a and P5d (default 1000; --quick 100)")
     parser.add_argument("--concurrent", type=int, metavar="K",
@@ -103,6 +104,7 @@ async def run(args: argparse.Namespace) -> int:
         asked = args.scale or bench.runs(1000, 100)
         await guarded(bench, {"P5a"}, "P5a", lambda: scale.standin_scale(bench, asked))
         await guarded(bench, console.IDS, "P5d", lambda: console.parked_table(bench, asked))
+        await guarded(bench, node_loss.IDS, "P9", lambda: node_loss.run(bench))
     finally:
         left = bench.final_check()
         runtime = time.perf_counter() - started

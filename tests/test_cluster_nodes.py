@@ -20,7 +20,9 @@ from berth.domain.status import InstanceStatus
 from berth.domain.temporal_names import STOP_SIGNAL, workflow_id
 from berth.node.memory_plan import plan_for
 from berth.testing.cluster_harness import Cluster
-from berth.testing.harness import deployment_state, start_deployment
+from berth.settings import Settings
+from berth.testing.harness import deployment_state, free_port, start_deployment
+from berth.worker.gateway import static_config
 
 ADDRESSES = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
 GRACE_S = 4.0
@@ -29,6 +31,19 @@ CONTEXT = 1024
 # Temporal's timers fire up to about a second late on the dev server; the workflow task after it
 # needs a worker; under the shared CPU of the test machine, allow a little more
 SLACK_S = 3.0
+
+
+def where_the_gateway_binds(env: dict[str, str]) -> dict[str, str]:
+    """BERTH_GATEWAY_URL where this tree's gateway binds (before the mesh, on 127.0.0.1 whatever
+    the node's address): readiness is checked through it."""
+    web = static_config(Settings.from_env(env))["entryPoints"]["web"]["address"]
+    return {"BERTH_GATEWAY_URL": f"http://{web}"}
+
+
+class CoreCluster(Cluster):
+    def join_env(self, node_id: str, address: str) -> dict[str, str]:
+        env = super().join_env(node_id, address)
+        return {**env, **where_the_gateway_binds(env)}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +57,11 @@ def per_instance(tiny_gguf) -> int:
 def cluster(tmp_path_factory, per_instance):
     limit = str(int(per_instance * 1.5))  # one instance per node, not two
     env = {"BERTH_MEMORY_LIMIT": limit, "BERTH_NODE_GRACE_S": str(GRACE_S), "BERTH_RECONCILE_INTERVAL_S": str(RECONCILE_S)}
-    with Cluster(tmp_path_factory.mktemp("core-cluster"), ADDRESSES, extra_env=env) as running:
+    port = str(free_port())
+    first = {"BERTH_GATEWAY_PORT": port, **where_the_gateway_binds({
+        "BERTH_GATEWAY_PORT": port, "BERTH_NODE_ADDRESS": ADDRESSES[0], "BERTH_HOME": "/nonexistent"})}
+    home = tmp_path_factory.mktemp("core-cluster")
+    with CoreCluster(home, ADDRESSES, extra_env=env, node_env={"n1": first}, share_api_token=True) as running:
         running.start()
         yield running
 

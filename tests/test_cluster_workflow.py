@@ -265,3 +265,42 @@ async def test_a_worker_restart_within_the_grace_moves_nothing(cluster):
         assert seen.status is NodeStatus.READY and seen.instances == ["dep-r"], seen
     finally:
         await again.stop()
+
+
+async def test_continue_as_new_carries_the_view_and_presence_goes_on():
+    """With a short history limit: many reservations make the workflow continue as new; the nodes,
+    their status and the reservations carry over, and the new run watches the nodes' presence."""
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40"],
+    ) as small:
+        client = small.client
+        control = Worker(
+            client, task_queue=CONTROL_TASK_QUEUE, workflows=[ClusterWorkflow],
+            activities=[reserve_instance, release_instance], workflow_runner=UnsandboxedWorkflowRunner(),
+        )
+        async with control:
+            handle = await ensure_cluster_workflow(client, GRACE_S)
+            first_run = (await handle.describe()).run_id
+            nodes = [await FakeNode(client, name).start() for name in ("c1", "c2")]
+            try:
+                for i in range(30):
+                    await reserve(handle, instance_id=f"dep-{i}", bytes=1)
+                runs = set()
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    runs.add((await client.get_workflow_handle(CLUSTER_WORKFLOW_ID).describe()).run_id)
+                    if runs - {first_run}:
+                        break
+                    await asyncio.sleep(0.2)
+                assert runs - {first_run}, "it did not continue as new"
+                await asyncio.sleep(GRACE_S + 2)  # the new run's presence activities heartbeat
+                seen = await view(client.get_workflow_handle(CLUSTER_WORKFLOW_ID))
+                assert [n.status for n in seen.nodes] == [NodeStatus.READY, NodeStatus.READY], seen
+                assert sorted(i for n in seen.nodes for i in n.instances) == sorted(f"dep-{i}" for i in range(30))
+            finally:
+                for node in nodes:
+                    await node.stop()
+                with contextlib.suppress(Exception):
+                    await client.get_workflow_handle(CLUSTER_WORKFLOW_ID).terminate("test over")

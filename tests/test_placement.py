@@ -6,6 +6,8 @@ import pytest
 
 from berth.domain.cluster import NodeFacts, NodeStatus, NodeView, Reservation, ReserveRequest
 from berth.domain.placement import choose, files_node, free_by_node
+from berth.domain.replicas import cluster_refusal
+from berth.domain.state import InstanceState
 
 GIB = 2**30
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -126,5 +128,23 @@ def test_files_node_and_free_by_node():
     assert files_node("gpu-1:/srv/models/m.gguf") == "gpu-1"
     assert files_node("/srv/m.gguf") is None and files_node("hf:org/repo") is None
     assert files_node("https://host/m.gguf") is None
-    free = free_by_node(ask(allowed=["a", "b"]), [A, B, C], [held("x", "a", 1)])
-    assert free == {"a": 3 * GIB, "b": 4 * GIB}
+    free = free_by_node(ask(allowed=["a", "b"]), [A, B, C], [held("x", "a", 1), held("mine", "b", 2, "dep")])
+    assert free == {"a": 3 * GIB, "b": 4 * GIB}  # its own deployment's reservations are not counted
+
+
+def mine(*where: tuple[str, float]) -> list[InstanceState]:
+    return [InstanceState(instance_id=f"dep-{i}", node=node, reserved_bytes=int(gib * GIB)) for i, (node, gib) in enumerate(where)]
+
+
+@pytest.mark.parametrize("replicas, instances, free, refused", [
+    (3, mine(("a", 1), ("b", 1)), {"a": 2 * GIB, "b": GIB}, False),  # a has room for one more
+    (4, mine(("a", 1), ("b", 1)), {"a": 2 * GIB, "b": GIB}, True),
+    (2, mine(("a", 1), ("b", 1)), {"a": GIB, "b": GIB}, False),  # scale down / same: never refused
+    (5, mine(), {}, False),  # no answer from the cluster yet
+    (3, mine(("a", 1), ("", 0)), {"a": 2 * GIB}, False),  # an instance not placed yet holds nothing
+])
+def test_cluster_refusal(replicas, instances, free, refused):
+    why = cluster_refusal(replicas, instances, GIB, free)
+    assert bool(why) is refused, why
+    if refused:
+        assert f"{replicas} instances do not fit the cluster's memory" in why and "each needs 1.0 GiB" in why

@@ -137,8 +137,8 @@ class Placement(BaseModel):
     # no node fits now, but one that is DOWN or NOT_READY would: ask again when the nodes change
     # (a deployment waits for its node rather than failing: a single node's worker restart, a pin)
     retry: bool = False
-    # free bytes (capacity - reservations) of every node this deployment may use, after this answer:
-    # what the deployment's `scale` validator checks a count against
+    # free bytes of every node this deployment may use: capacity - the reservations of the OTHER
+    # deployments (the deployment knows its own exactly): what its `scale` validator checks against
     free: dict[str, int] = Field(default_factory=dict)
 
     @property

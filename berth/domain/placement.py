@@ -143,9 +143,12 @@ def _confirm(request: ReserveRequest, nodes: Sequence[NodeView], reservations: S
 
 
 def free_by_node(request: ReserveRequest, nodes: Sequence[NodeView], reservations: Sequence[Reservation]) -> dict[str, int]:
-    """Free bytes on every node the request could go to (memory aside): what scale checks against."""
+    """Free bytes on every node the request could go to (memory aside), not counting the
+    reservations of the request's own deployment (which it knows exactly, and which change while
+    its answers travel): what its scale validator checks a count against."""
+    others = [r for r in reservations if r.deployment != request.deployment]
     return {
-        view.facts.node_id: max(0, view.facts.capacity_bytes - reserved_on(view.facts.node_id, reservations))
+        view.facts.node_id: max(0, view.facts.capacity_bytes - reserved_on(view.facts.node_id, others))
         for view in nodes
         if _filter(request.model_copy(update={"avoid": [], "node": None}), view, reservations, memory=False) is None
     }

@@ -83,18 +83,26 @@ def scale_refusal(replicas: int, per_instance_bytes: int | None, budget_bytes: i
     return memory_refusal(replicas, per_instance_bytes, budget_bytes)
 
 
-def cluster_refusal(replicas: int, current: int, per_instance_bytes: int | None, free: dict[str, int]) -> str | None:
-    """Why `replicas` instances cannot run beside the `current` ones, by the free memory per node of the
-    cluster's last answer (None: they can, or nothing is known yet). Each node holds whole instances."""
+def cluster_refusal(
+    replicas: int, instances: Sequence[InstanceState], per_instance_bytes: int | None, free: dict[str, int]
+) -> str | None:
+    """Why `replicas` instances cannot run (None: they can, or nothing is known yet), by the free
+    memory per node that the cluster's last answer gave (its other deployments' reservations as
+    of then) less what this deployment's instances hold there now. Each node holds whole instances."""
+    current = len(instances)
     if not per_instance_bytes or not free or replicas <= current:
         return None
-    room = sum(bytes_free // per_instance_bytes for bytes_free in free.values())
+    left = {
+        node: max(0, bytes_free - sum(each.reserved_bytes or 0 for each in instances if each.node == node))
+        for node, bytes_free in free.items()
+    }
+    room = sum(bytes_free // per_instance_bytes for bytes_free in left.values())
     if replicas - current <= room:
         return None
-    nodes = ", ".join(f"{node}: {gib(bytes_free)}" for node, bytes_free in sorted(free.items()))
+    nodes = ", ".join(f"{node}: {gib(bytes_free)}" for node, bytes_free in sorted(left.items()))
     return (
         f"{replicas} instances do not fit the cluster's memory: each needs {gib(per_instance_bytes)}; "
-        f"{current} are placed, and the nodes had room for {room} more at the cluster's last answer "
+        f"{current} are placed, and the nodes have room for {room} more by the cluster's last answer "
         f"(free: {nodes}); at most {current + room} fit"
     )
 

@@ -102,8 +102,9 @@ class DeploymentState(BaseModel):
     route_nodes: list[str] = Field(default_factory=list, description="the gateways that took the route last")
     cluster_free: dict[str, int] = Field(
         default_factory=dict,
-        description="free memory per node (capacity - reservations) at the cluster's last answer: what "
-        "`scale` checks a count against",
+        description="free memory per node at the cluster's last answer (capacity less the other "
+        "deployments' reservations; this one's own are its instances' reserved_bytes): what `scale` checks "
+        "a count against",
     )
     rollout: str | None = Field(None, description="the rollout in progress, or the last one that failed and why")
     rollout_error: DeploymentError | None = Field(None, description="the failure of the last rollout's new instance")

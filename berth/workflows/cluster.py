@@ -87,6 +87,7 @@ class ClusterWorkflow:
         self._presence: dict[str, asyncio.Task] = {}
         self._joins: dict[str, int] = {}  # node -> joins seen: a stopped worker's grace waits for one
         self._sending: set[asyncio.Task] = set()
+        self._waiting: set[str] = set()  # deployments told "retry": told again when a node is READY
 
     # ---- the run ------------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class ClusterWorkflow:
         self._watch(node, facts.incarnation)
         if self.routing() != routing_before:
             self._tell_all(NODES_CHANGED_SIGNAL, RoutingNodes(routing=self.routing()))
+        self._wake_waiting()
         return self.nodes[node]
 
     @join.validator
@@ -162,6 +164,8 @@ class ClusterWorkflow:
             return self._placement(request, choice.node)
         answer = self._placement(request, None)
         answer.refusals, answer.retry = choice.refusals, choice.retry
+        if choice.retry:
+            self._waiting.add(request.deployment)
         return answer
 
     @reserve.validator
@@ -201,6 +205,7 @@ class ClusterWorkflow:
         view = self.nodes[node]
         if view.status is NodeStatus.DRAINING:
             view.status, view.since, view.reason = NodeStatus.READY, workflow.now(), None
+            self._wake_waiting()
         return view
 
     @undrain.validator
@@ -290,6 +295,12 @@ class ClusterWorkflow:
             self._send(deployment, NODES_CHANGED_SIGNAL, RoutingNodes(routing=event.routing))
 
     # ---- signals to deployments ---------------------------------------------------------------
+
+    def _wake_waiting(self) -> None:
+        """A node is READY: the deployments that wait for one ask again."""
+        for deployment in sorted(self._waiting):
+            self._send(deployment, NODES_CHANGED_SIGNAL, RoutingNodes(routing=self.routing()))
+        self._waiting.clear()
 
     def _tell_all(self, signal: str, payload: BaseModel) -> None:
         for deployment in sorted({r.deployment for r in self.reservations.values()}):

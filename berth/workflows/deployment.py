@@ -83,6 +83,7 @@ class DeploymentWorkflow(ClusterPart):
         self.surging: set[str] = set()  # instances moving off a draining node: their successor starts
         self._route_lock = asyncio.Lock()
         self._files_locks: dict[str, asyncio.Lock] = {}  # per node
+        self._local_ports: dict[str, list[int]] = {}  # each node's own ports in the route, as last sent
         self._wake = False
         self._rollout_spec: DeploymentSpec | None = None  # set by a valid `reconfigure`
         self.nodes_seen = 0  # node events received: a runner waiting for a node asks again
@@ -154,7 +155,7 @@ class DeploymentWorkflow(ClusterPart):
         self._refuse_while_busy("INVALID_SCALE")
         state = self.state
         refusal = scale_refusal(replicas, None, None) or cluster_refusal(
-            replicas, len(state.instances), state.memory_per_instance, state.cluster_free
+            replicas, state.instances, state.memory_per_instance, state.cluster_free
         )
         if not state.cluster_free and not refusal:  # no answer from the cluster yet: the node's plan
             refusal = scale_refusal(replicas, state.memory_per_instance, state.memory_budget)

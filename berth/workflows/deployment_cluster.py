@@ -11,7 +11,7 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.cluster import Placement, ReserveRequest
     from berth.domain.pipeline import PreparedModel
     from berth.domain.placement import files_node
-    from berth.domain.replicas import route_servers
+    from berth.domain.replicas import route_ports, route_servers
     from berth.domain.spec import DeploymentSpec
     from berth.domain.state import DeploymentState, InstanceState
 
@@ -28,6 +28,7 @@ class ClusterPart:
     _leaving: set[str]
     _may_refetch: bool
     _wake: bool
+    _local_ports: dict[str, list[int]]
 
     async def prepare_files(self, node: NodeSteps, spec: DeploymentSpec, instance: InstanceState) -> PreparedModel:
         """The files, prepared on each node by one instance at a time (the first fetches, the next
@@ -71,22 +72,28 @@ class ClusterPart:
     async def sync_route(self) -> None:
         """Make the deployment's route, on every gateway, point at the instances it should
         (berth.domain.replicas.route_servers); one change at a time, each recorded once the
-        gateways' files hold it (berth.workflows.route_fanout)."""
+        gateways' files hold it (berth.workflows.route_fanout). Each node's request also names its
+        own servers' ports (`ports`, read by a gateway that predates the cluster's routes): the
+        rule of route_ports applied to that node's instances alone, so that an instance loading
+        on a node where none serves yet can be seen ready through that node's gateway."""
         async with self._route_lock:
             state = self.state
             want = route_servers(state.instances, self._leaving)
             nodes = sorted(set(state.routing) | {server.node for server in want})
-            if want == state.route_servers and nodes == state.route_nodes:
+            local = {
+                node: route_ports([each for each in state.instances if each.node == node], self._leaving)
+                for node in nodes
+            }
+            if want == state.route_servers and nodes == state.route_nodes and local == self._local_ports:
                 return
             state.route_servers, state.route_ports = None, None  # unknown until the change is made
-            if want:
-                state.endpoint, took = await publish(state.spec, state.engine or "", want, state.routing)
+            if want or any(local.values()):
+                state.endpoint, took = await publish(state.spec, state.engine or "", want, state.routing, local)
             else:
                 await unpublish(state.spec.name, nodes)
                 state.endpoint, took = None, nodes
-            state.route_servers, state.route_nodes = want, took
+            state.route_servers, state.route_nodes, self._local_ports = want, took, local
             state.route_ports = sorted(server.port for server in want)
             routed = {server.instance_id for server in want}
             for instance in state.instances:
                 instance.routed = instance.instance_id in routed
-

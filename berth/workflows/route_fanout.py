@@ -26,16 +26,18 @@ def _not_taken(error: ActivityError) -> bool:
 
 
 async def publish(
-    spec: DeploymentSpec, engine: str, servers: list[RouteServer], routing: dict[str, str]
+    spec: DeploymentSpec, engine: str, servers: list[RouteServer], routing: dict[str, str],
+    local: dict[str, list[int]],
 ) -> tuple[str | None, list[str]]:
     """configure_route on every routing node and every node with a server; returns the endpoint
-    (the answer of the first server's node, else of any node) and the nodes that took the route."""
-    holders = {server.node for server in servers}
+    (the answer of the first server's node, else of any node) and the nodes that took the route.
+    `local`: each node's own ports (RouteRequest.ports)."""
+    holders = {server.node for server in servers} | {node for node, ports in local.items() if ports}
     nodes = sorted(set(routing) | holders)
 
     async def one(node: str) -> str | None:
         request = RouteRequest(
-            deployment=spec.name, ports=[s.port for s in servers if s.node == node], engine=engine,
+            deployment=spec.name, ports=local.get(node, []), engine=engine,
             public=spec.public, instances=servers, nodes=routing,
         )
         here = len(request.ports)
@@ -53,7 +55,7 @@ async def publish(
 
     answers = dict(zip(nodes, await together(*(one(node) for node in nodes))))
     took = [node for node, answer in answers.items() if answer is not None]
-    first = servers[0].node if servers else None
+    first = servers[0].node if servers else next((node for node in nodes if local.get(node)), None)
     endpoint = answers.get(first) if first else None
     return endpoint or next((answers[node] for node in took), None), took
 
