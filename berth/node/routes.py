@@ -189,7 +189,8 @@ def adopt_route_files(settings: Settings) -> list[str]:
 def write_gateway_config(settings: Settings) -> Path:
     """What every route shares: the forwardAuth middleware that asks the API about a token, and,
     once it has been made, the default TLS certificate that spares Traefik a new RSA key at each
-    route change (berth.node.gateway_certificate)."""
+    route change (berth.node.gateway_certificate); and the transport of requests to other nodes'
+    gateways (berth.node.peer_routes: a short dial timeout)."""
     config: dict = {
         "http": {
             "middlewares": {
@@ -199,7 +200,8 @@ def write_gateway_config(settings: Settings) -> Path:
                         "authRequestHeaders": ["Authorization"],
                     }
                 }
-            }
+            },
+            "serversTransports": {PEERS_TRANSPORT: {"forwardingTimeouts": {"dialTimeout": PEER_DIAL_TIMEOUT}}},
         }
     }
     certificate = read_certificate(certificate_path(settings))
