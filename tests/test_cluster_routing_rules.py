@@ -8,7 +8,7 @@ from temporalio.exceptions import ApplicationError
 
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import RouteRequest, RouteServer
-from berth.node.peer_routes import PEERS_TRANSPORT, gateway_base
+from berth.node.peer_routes import UPSTREAM_TRANSPORT, gateway_base
 from berth.node.route_table import merge, owner, split
 from berth.node.routes import RETRY_STATUS, route_config
 
@@ -34,7 +34,7 @@ def test_a_two_node_route_on_each_node():
             {"url": f"{NODES[there]}/_berth/peer/qwen/{remote}", "preservePath": True},
         ]
         assert balancer["strategy"] == "p2c" and balancer["passiveHealthcheck"]["maxFailedAttempts"] == 1
-        assert balancer["serversTransport"] == f"{PEERS_TRANSPORT}@file"
+        assert balancer["serversTransport"] == f"{UPSTREAM_TRANSPORT}@file"
         for client_router in ("berth-qwen", "berth-qwen_auth"):
             middlewares = http["routers"][client_router]["middlewares"]
             assert middlewares[-3:] == ["berth-qwen_strip", "berth-qwen_cluster-token", "berth-qwen_retry"]
@@ -44,8 +44,11 @@ def test_a_two_node_route_on_each_node():
         # the way in for the other node: this node's own instance only, token checked, to the engine alone
         peer = http["routers"][f"berth-qwen_peer-{local}"]
         assert peer["rule"] == f"PathPrefix(`/_berth/peer/qwen/{local}/`) && Header(`X-Berth-Cluster-Token`, `ct`)"
-        assert peer["middlewares"] == ["berth-qwen_peer-strip", "berth-qwen_peer-unset"]
-        assert http["services"][peer["service"]] == {"loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{local_port}"}]}}
+        assert peer["middlewares"] == ["berth-qwen_peer-strip", "berth-qwen_peer-unset", "berth-qwen_peer-retry"]
+        assert http["middlewares"]["berth-qwen_peer-retry"] == http["middlewares"]["berth-qwen_retry"], (
+            "the same engine again on a new connection; one server: no balancing, no loop")
+        assert http["services"][peer["service"]] == {"loadBalancer": {
+            "servers": [{"url": f"http://127.0.0.1:{local_port}"}], "serversTransport": f"{UPSTREAM_TRANSPORT}@file"}}
         assert http["middlewares"]["berth-qwen_peer-strip"] == {"stripPrefix": {"prefixes": [f"/_berth/peer/qwen/{local}"]}}
         assert http["middlewares"]["berth-qwen_peer-unset"] == {
             "headers": {"customRequestHeaders": {"X-Berth-Cluster-Token": ""}}}
