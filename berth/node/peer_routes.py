@@ -10,7 +10,8 @@ The same RouteRequest goes to every node's gateway. On node N, the deployment's 
 And, for each instance on N, a peer router that M's gateway reaches:
 `PathPrefix(/_berth/peer/<deployment>/<instance_id>/) && Header(X-Berth-Cluster-Token, <token>)`
 -> strip that prefix, drop the token header -> that engine alone (one server: no balancing again,
-no retry, never another gateway: no loops). The client's own auth was checked by the first gateway.
+never another gateway: no loops; its retry tries the same engine again on a new connection). The
+client's own auth was checked by the first gateway.
 
 A lower-priority router per deployment catches a peer path of an instance N no longer has (it left
 the route here a moment before the first gateway heard of it) and answers 503 (a service with no
