@@ -145,3 +145,17 @@ def test_the_node_is_this_workers_own_by_default(monkeypatch):
     monkeypatch.setenv("BERTH_NODE_ID", "b")
     http = route_config(TWO_NODES, "tok", cluster_token="ct")["http"]
     assert "berth-qwen_peer-qwen-bbbb2222" in http["routers"]
+
+
+@pytest.mark.parametrize("address, web", [(None, "127.0.0.1:8080"), ("127.0.0.32", "127.0.0.32:8080"),
+                                          ("10.0.0.2", "10.0.0.2:8080"), ("fd00::2", "[fd00::2]:8080")])
+def test_the_gateway_binds_on_the_node_address_and_keeps_its_metrics_on_loopback(tmp_path, address, web):
+    from berth.settings import Settings
+    from berth.worker.gateway import static_config
+
+    env = {"BERTH_HOME": str(tmp_path), "BERTH_GATEWAY_PORT": "8080", "BERTH_GATEWAY_METRICS_PORT": "8082"}
+    if address:
+        env["BERTH_NODE_ADDRESS"] = address
+    config = static_config(Settings.from_env(env))
+    assert config["entryPoints"]["web"]["address"] == web
+    assert config["entryPoints"]["metrics"]["address"] == "127.0.0.1:8082", "never where the network reaches"
