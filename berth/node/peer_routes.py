@@ -26,6 +26,7 @@ cluster_token); without it (or with one that cannot stand inside a rule) route_c
 (NODE_MISCONFIGURED): no peer router, no remote server, never a peer path without the token check.
 """
 
+import copy
 import logging
 import re
 from dataclasses import dataclass, field
@@ -166,7 +167,7 @@ def peer_config(deployment: str, servers: Servers, token: str, entry_point: str,
     if servers.local:
         strip, unset, again = f"{peer}-strip", f"{peer}-unset", f"{peer}-retry"
         middlewares[strip] = {"stripPrefix": {"prefixes": [peer_path(deployment, i) for i in servers.local]}}
-        middlewares[again] = retry
+        middlewares[again] = copy.deepcopy(retry)
         # the engine has no use for the cluster's secret
         middlewares[unset] = {"headers": {"customRequestHeaders": {CLUSTER_TOKEN_HEADER: ""}}}
         for instance_id, port in servers.local.items():
