@@ -8,7 +8,7 @@ from temporalio.exceptions import ApplicationError
 
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import RouteRequest, RouteServer
-from berth.node.peer_routes import UPSTREAM_TRANSPORT, gateway_base
+from berth.node.peer_routes import PEERS_TRANSPORT, UPSTREAM_TRANSPORT, gateway_base
 from berth.node.route_table import merge, owner, split
 from berth.node.routes import RETRY_STATUS, route_config
 
@@ -68,6 +68,8 @@ def test_a_node_without_an_instance_of_its_own_sends_everything_to_the_others():
     http = render(request, "c")
     urls = [s["url"] for s in http["services"]["berth-qwen"]["loadBalancer"]["servers"]]
     assert urls == ["http://10.0.0.1:8080/_berth/peer/qwen/qwen-aaaa1111", "http://10.0.0.2:8080/_berth/peer/qwen/qwen-bbbb2222"]
+    assert http["services"]["berth-qwen"]["loadBalancer"]["serversTransport"] == f"{PEERS_TRANSPORT}@file", (
+        "gateways only: connections kept")
     assert not [name for name in http["routers"] if name.startswith("berth-qwen_peer-")]
 
 

@@ -23,11 +23,10 @@ def test_route_strips_the_prefix_and_points_at_the_engine_alone():
     config = route_config(RouteRequest(deployment="qwen", port=20001, engine="llamacpp", public=True), None)
     router = config["http"]["routers"]["berth-qwen"]
     assert router["rule"] == "PathPrefix(`/models/qwen/`)"
-    assert router["middlewares"] == ["berth-qwen_strip", "berth-qwen_retry"]
+    assert router["middlewares"] == ["berth-qwen_strip"]
     assert config["http"]["middlewares"]["berth-qwen_strip"] == {"stripPrefix": {"prefixes": ["/models/qwen"]}}
     balancer = config["http"]["services"]["berth-qwen"]["loadBalancer"]
-    assert balancer == {"servers": [{"url": "http://127.0.0.1:20001"}], "serversTransport": "berth-upstream@file"}, (
-        "no health check of Traefik's own; a new connection per request")
+    assert balancer == {"servers": [{"url": "http://127.0.0.1:20001"}]}, "no health check of Traefik's own"
 
 
 def test_with_a_token_the_fast_router_matches_it_and_the_fallback_asks_the_api():
@@ -36,7 +35,7 @@ def test_with_a_token_the_fast_router_matches_it_and_the_fallback_asks_the_api()
     ]["routers"]
     assert routers["berth-qwen"]["rule"] == "PathPrefix(`/models/qwen/`) && Header(`Authorization`, `Bearer t0k-en`)"
     assert routers["berth-qwen"]["priority"] > routers["berth-qwen_auth"]["priority"]
-    assert routers["berth-qwen_auth"]["middlewares"] == ["berth-auth@file", "berth-qwen_strip", "berth-qwen_retry"]
+    assert routers["berth-qwen_auth"]["middlewares"] == ["berth-auth@file", "berth-qwen_strip"]
     assert routers["berth-qwen_auth"]["rule"] == "PathPrefix(`/models/qwen/`)"
 
 

@@ -55,6 +55,9 @@ PEER_GONE_PRIORITY = 30  # the deployment's catch-all for instances no longer he
 #   before the retry takes another server, not Traefik's default 30 s.
 UPSTREAM_TRANSPORT = "berth-upstream"
 UPSTREAM_DIAL_TIMEOUT = "3s"
+# A service whose servers are all other nodes' gateways keeps its connections (Traefik keeps them
+# well; a connect per request to another machine is a round trip), with the same dial timeout.
+PEERS_TRANSPORT = "berth-peers"
 # an instance id stands in a path, a rule's backticks and a router's name
 INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,127}$")
 

@@ -35,7 +35,7 @@ from berth.common.cluster_token import load_cluster_token
 from berth.domain.pipeline import RouteRequest
 from berth.node.gateway_certificate import certificate_path, read_certificate
 from berth.node.peer_routes import (
-    UPSTREAM_DIAL_TIMEOUT, UPSTREAM_TRANSPORT, checked_cluster_token, peer_config, servers_on,
+    PEERS_TRANSPORT, UPSTREAM_DIAL_TIMEOUT, UPSTREAM_TRANSPORT, checked_cluster_token, peer_config, servers_on,
 )
 from berth.node.route_publisher import route_publisher
 from berth.node.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
@@ -61,9 +61,16 @@ RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Tra
 # and `leasttime` ranks by an average response time that, with few requests, sends nearly all of
 # them to whichever engine answered fastest once. The `retry` middleware sends a request to another
 # server when its connection failed before any header reached the backend (an engine that just
-# died): safe for POST, since the engine saw nothing. Every route has it, one server too: a streamed
-# chat that llama.cpp's server dropped before answering is sent again on a new connection (measured:
-# 16 of 400 sequential streamed chats through a one-engine route failed without it, 0 with it).
+# died): safe for POST, since the engine saw nothing.
+#
+# A route with one engine on this node keeps the shape it had before the cluster: no retry, kept
+# connections (bench P4: the gateway adds ~0.3 ms). Measured here (GET /health, one gateway, load ~3
+# on 2 cores): the retry with `status` costs ~0.6 ms p50 a request, a new connection per request
+# ~0.2 ms. The price, already paid before the cluster: llama.cpp's server drops a kept-alive
+# connection after a streamed answer, and 5-7% of sequential streamed chats through such a route
+# fail (502); with the retry (one server too) 0 of 400. Several servers: the retry, and a new
+# connection per request (berth.node.peer_routes.UPSTREAM_TRANSPORT); servers on other nodes only:
+# kept connections to their gateways, whose peer routers have the retry and a new connection.
 LB_STRATEGY = "p2c"
 RETRY_ATTEMPTS = 3
 RETRY_INTERVAL = "10ms"
@@ -101,7 +108,7 @@ def route_config(
              if servers.spans_nodes else {})
     if servers.remote:  # this node's requests to other nodes' gateways carry the cluster token
         own.append(f"{name}{PART_SEPARATOR}cluster-token")
-    if len(servers):  # even with one server: a connection the engine dropped is tried again
+    if len(servers) > 1:  # one server: the route as before the cluster (bench P4), see below
         retry = f"{name}{PART_SEPARATOR}retry"
         middlewares[retry] = retry_config
         own.append(retry)
@@ -118,7 +125,9 @@ def route_config(
         # a server that refused a connection sits out (retries then go to the others) until the
         # workflow's route change, which resets it: an engine that died gets no more attempts
         balancer["passiveHealthcheck"] = {"failureWindow": PASSIVE_FAILURE_WINDOW, "maxFailedAttempts": 1}
-    if len(servers):  # berth.node.peer_routes.UPSTREAM_TRANSPORT: a new connection per request
+    if servers.remote and not servers.local:  # other gateways only: connections kept
+        balancer["serversTransport"] = f"{PEERS_TRANSPORT}@file"
+    elif len(servers) > 1:  # engines here among them: a new connection per request (peer_routes)
         balancer["serversTransport"] = f"{UPSTREAM_TRANSPORT}@file"
     services = {name: {"loadBalancer": balancer}}
     routers.update(peers.get("routers", {}))
@@ -207,8 +216,9 @@ def write_gateway_config(settings: Settings) -> Path:
                     }
                 }
             },
-            "serversTransports": {  # a new connection per request (-1: none kept), 3 s to connect
+            "serversTransports": {  # 3 s to connect; to engines a new connection per request (-1: none kept)
                 UPSTREAM_TRANSPORT: {"forwardingTimeouts": {"dialTimeout": UPSTREAM_DIAL_TIMEOUT}, "maxIdleConnsPerHost": -1},
+                PEERS_TRANSPORT: {"forwardingTimeouts": {"dialTimeout": UPSTREAM_DIAL_TIMEOUT}},
             },
         }
     }
