@@ -1,7 +1,8 @@
 """Which credential opens what, against a real stack (Traefik, the API, engines): the attack matrix
 of issue 24 for credentials. An inference key opens the model endpoints of its deployments through
 the gateway and nothing of the API; a revoked key stops at once; the admin token keeps its fast
-router; a worker without a token publishes no route that is not public."""
+router; a worker without a token (a node that joined a cluster) publishes routes whose every call the
+API checks (forwardAuth), never one without auth."""
 
 import asyncio
 import os
@@ -14,11 +15,10 @@ import time
 import httpx
 import pytest
 
-from berth.domain.errors import ErrorCode
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S
 from berth.domain.temporal_names import workflow_id
-from berth.node.routes import routed
+from berth.node.route_table import RouteTable
 from berth.testing.harness import RunningStack, start_deployment, wait_for_status
 
 REVOKED_WITHIN_S = 1.0
@@ -135,12 +135,13 @@ def tokenless(tmp_path_factory):
     API keeps the token it read), then the worker is killed and `berth up` starts another, which
     finds no token."""
     running = RunningStack(tmp_path_factory.mktemp("tokenless-home")).start()
+    running.admin_token = running.api_token()  # the API's, which it keeps
     (running.home / "api-token").unlink()
     first = running.worker_pid()
     os.kill(first, signal.SIGKILL)
     log = running.settings.logs_dir / "worker.log"
     deadline = time.monotonic() + 60
-    while "publishes routes for public deployments only" not in log.read_text():
+    while "checked by the API at" not in log.read_text():
         assert time.monotonic() < deadline, "the new worker did not say it has no token:\n" + log.read_text()[-2000:]
         time.sleep(0.1)
     yield running
@@ -148,20 +149,21 @@ def tokenless(tmp_path_factory):
     assert code == 0 and not leftovers, (code, leftovers)
 
 
-async def test_a_worker_without_a_token_publishes_no_route_that_is_not_public(tokenless, tiny_gguf, name):
+async def test_a_worker_without_a_token_has_every_call_checked_by_the_api(tokenless, tiny_gguf, name):
+    """No API token on the node: the forwardAuth router alone (no fast router, which would need the
+    token): a call without a valid credential gets the API's 401, the admin token passes through the
+    API's check; a public deployment needs nothing."""
     client = await tokenless.client()
     closed, open_ = f"{name}-closed", f"{name}-public"
     await asyncio.gather(_deploy(client, closed, tiny_gguf), _deploy(client, open_, tiny_gguf, public=True))
     try:
-        state = await wait_for_status(client, closed, S.FAILED, timeout_s=60)
-        assert state.error.code is ErrorCode.NODE_MISCONFIGURED, state.error
-        assert "no API token" in state.error.message and "BERTH_API_TOKEN" in state.error.message
-        assert "api-token" in state.error.guidance and "public" in state.error.guidance
-        assert closed not in routed(tokenless.settings.routes_dir)
-        assert httpx.get(f"{tokenless.settings.gateway_url}/models/{closed}/health", timeout=10).status_code == 404
-        log = (tokenless.settings.logs_dir / "worker.log").read_text()
-        assert f"route for {closed} refused" in log and "no API token" in log
-        # a public deployment is still served
+        await wait_for_status(client, closed, S.DEPLOYED, timeout_s=60)
+        assert [router for router in RouteTable(tokenless.settings.routes_dir).route(closed)["http"]["routers"]] == [
+            f"berth-{closed}_auth"]
+        without = tokenless.chat(closed, token=None)
+        assert without.status_code == 401 and "api-token" in without.json()["error"]["message"]
+        assert tokenless.chat(closed, token="not-the-token").status_code == 401
+        assert tokenless.chat(closed, token=tokenless.admin_token).status_code == 200, "the API's check passes it"
         await wait_for_status(client, open_, S.DEPLOYED, timeout_s=60)
         assert tokenless.chat(open_, token=None).status_code == 200
     finally:

@@ -114,5 +114,6 @@ def test_one_server_keeps_the_route_as_it_was_several_get_p2c_and_retry():
     assert balancer["strategy"] == LB_STRATEGY == "p2c"
     assert [server["url"] for server in balancer["servers"]] == ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
     assert many["middlewares"]["berth-q_retry"]["retry"]["attempts"] >= 2
+    assert balancer["serversTransport"] == "berth-upstream@file", "a new connection per request"
     for router in many["routers"].values():
         assert router["middlewares"][-1] == "berth-q_retry"

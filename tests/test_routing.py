@@ -9,14 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 import yaml
-from temporalio.exceptions import ApplicationError
 
 from berth.common import atomic_write
 from berth.node.route_publisher import RoutePublisher
 from berth.node.route_table import LOCK_FILE, ROUTES_FILE, STAGING_DIR, RouteTable, RouteTableError
 from berth.node.routes import adopt_route_files, delete_route, route_config, routed, write_route
 from berth.common.api_token import ensure_api_token, load_api_token
-from berth.domain.errors import ErrorCode, Failure
 from berth.domain.pipeline import RouteRequest
 from berth.settings import Settings
 
@@ -46,18 +44,14 @@ def test_a_token_that_cannot_stand_in_a_rule_gets_only_the_checked_router():
     assert list(routers) == ["berth-q_auth"]
 
 
-def test_without_a_token_no_route_but_a_public_one_is_made(caplog):
-    """Fail closed: a worker with no token publishes no route without the token check; it says why."""
-    with pytest.raises(ApplicationError) as refused:
-        route_config(RouteRequest(deployment="qwen", port=1, engine="llamacpp"), None)
-    assert refused.value.type == ErrorCode.NODE_MISCONFIGURED.value and refused.value.non_retryable
-    failure = Failure.model_validate(refused.value.details[0])
-    assert failure.code is ErrorCode.NODE_MISCONFIGURED
-    for words in ("no API token", "qwen", "BERTH_API_TOKEN", "$BERTH_HOME/api-token", "public: true"):
-        assert words in failure.message, words
-    assert "route for qwen refused" in caplog.text
-    with pytest.raises(ApplicationError):
-        route_config(RouteRequest(deployment="qwen", port=1, engine="llamacpp"), "")
+def test_without_an_api_token_every_call_is_checked_by_the_api():
+    """A node whose worker has no API token (a node that joined a cluster) still publishes no route
+    without auth: the forwardAuth router alone, no fast router (it would need the token)."""
+    for missing in (None, ""):
+        config = route_config(RouteRequest(deployment="qwen", port=1, engine="llamacpp"), missing)["http"]
+        assert list(config["routers"]) == ["berth-qwen_auth"]
+        router = config["routers"]["berth-qwen_auth"]
+        assert router["middlewares"][0] == "berth-auth@file" and router["service"] == "berth-qwen"
     assert list(route_config(RouteRequest(deployment="q", port=1, engine="llamacpp", public=True), None)["http"]["routers"]) == ["berth-q"]
 
 
@@ -170,10 +164,8 @@ def test_route_files_of_an_earlier_berth_are_adopted(tmp_path):
     (settings.routes_dir / "broken.yml").write_text("http: [")
     by_hand = {"http": {"services": {"mine": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:9"}]}}}}}
     (settings.routes_dir / "mine.yml").write_text(yaml.safe_dump(by_hand))
-    assert adopt_route_files(settings) == ["pub"], "no token: the route that needs one is not remade (fail closed)"
-    assert (settings.routes_dir / "old.yml").exists(), "it stays as it was, with its forwardAuth"
     ensure_api_token(settings, env={})
-    assert adopt_route_files(settings) == ["old"]
+    assert adopt_route_files(settings) == ["old", "pub"]
     table = RouteTable(settings.routes_dir)
     assert table.route("old") == route_config(RouteRequest(deployment="old", port=20005, engine=""), load_api_token(settings))
     assert table.route("pub") == route_config(RouteRequest(deployment="pub", port=20006, engine="", public=True), None)

@@ -14,7 +14,7 @@ class ErrorCode(str, Enum):
     STARTUP_TIMEOUT = "STARTUP_TIMEOUT"
     MUST_REDOWNLOAD = "MUST_REDOWNLOAD"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"  # no engine here serves this model (or the forced one can't run)
-    NODE_MISCONFIGURED = "NODE_MISCONFIGURED"  # the node lacks what it needs to serve safely (no API token)
+    NODE_MISCONFIGURED = "NODE_MISCONFIGURED"  # the node lacks what it needs to serve safely (no cluster token)
     TRANSIENT = "TRANSIENT"  # a fault with no more specific code (a node that went away, ...)
 
 

@@ -158,10 +158,11 @@ def _engine_unavailable(facts: GuidanceFacts) -> str:
 
 def _node_misconfigured(facts: GuidanceFacts) -> str:
     return (
-        "The node's worker has no API token, so it cannot publish a route that checks who calls (it "
-        "publishes none rather than an open one). Give the worker the token: set BERTH_API_TOKEN, or "
-        "put the API's token in $BERTH_HOME/api-token on the node; then run "
-        f"{_retry(facts)}. A deployment meant to be open to anyone can be deployed with public: true."
+        "The node's worker lacks the cluster token, which a route across nodes needs (a peer path "
+        "without it would let anyone past the API's check, so it publishes none). Give the worker the "
+        "cluster's token: set BERTH_CLUSTER_TOKEN, or put it in $BERTH_HOME/cluster-token on the node "
+        "(the first node's `berth up` made it there; letters, digits and ._~+/=- only); then run "
+        f"{_retry(facts)}."
     )
 
 

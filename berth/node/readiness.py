@@ -8,12 +8,15 @@ dies while loading is reported at once with its log lines, and so is one whose o
 keeps saying it is broken (an MLX server whose load failed, a vLLM API server whose engine died);
 one not ready within the budget (counted from its launch, so a worker restart does not extend it)
 is STARTUP_TIMEOUT. Ready means ready where users call it: the same probe must then pass through
-the gateway's route too.
+the gateway's route too (on a node without the API token, the route's answer from the API's check:
+route_answers).
 """
 
 import asyncio
 import os
 import time
+
+import httpx
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,8 +68,11 @@ async def wait_until_ready(request: ReadyRequest, heartbeat: Callable[[str], Non
                 return EngineOutcome(node_shutdown=True)
             if not view.alive(watch):
                 return EngineOutcome(failure=view.exit_failure())
-            last_seen = await engine.probe(probe_client(headers), probe_urls[0])
             direct = len(probe_urls) == 2
+            if direct or token:
+                last_seen = await engine.probe(probe_client(headers), probe_urls[0])
+            else:
+                last_seen = await route_answers(probe_client(headers), probe_urls[0] + engine.health_path)
             unhealthy = unhealthy + 1 if direct and last_seen is Readiness.UNHEALTHY else 0
             if unhealthy >= UNHEALTHY_PROBES:
                 return EngineOutcome(
@@ -93,6 +99,18 @@ async def wait_until_ready(request: ReadyRequest, heartbeat: Callable[[str], Non
             changes.close()
         if watch:
             watch.close()
+
+
+async def route_answers(client, url: str) -> Readiness:
+    """The gateway step on a node without the API token (a node that joined a cluster): its route
+    checks every call with the API (forwardAuth), and the node has no credential to pass it with. The
+    API's 401 (or 403) says the route is loaded and checked; the engine was seen ready a moment
+    before. A public route must answer 200."""
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError:
+        return Readiness.STARTING
+    return Readiness.READY if response.status_code in (200, 401, 403) else Readiness.STARTING
 
 
 class LogGrowth:

@@ -12,22 +12,32 @@ deployment passes, a wrong or missing token gets the API's 401 (a key scoped els
 with its message, an oddly written admin token still passes. The route table holds the token: it
 is 0600.
 
-Fail closed: a worker without the token publishes no route that is not public (route_config raises
-NODE_MISCONFIGURED, which ends the deployment FAILED saying why), never one without auth.
+A node whose worker has no API token (a node that joined a cluster: `berth join` gives it the
+cluster token, not the API token) gets the forwardAuth router alone: every call is checked by the
+cluster's API (BERTH_API_URL), one hop more for the admin token. Still fail closed: never a route
+without auth; an API that cannot be reached makes Traefik answer 500, never pass the call.
+
+Every node's gateway serves every deployment: the servers on other nodes are reached through their
+gateways with the cluster token (berth.node.peer_routes, docs/cluster.md).
 """
 
 import logging
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from berth.common.api_token import load_api_token
 from berth.common.atomic_write import write_atomically
-from berth.domain.errors import ErrorCode
+from berth.common.cluster_token import load_cluster_token
 from berth.domain.pipeline import RouteRequest
-from berth.node.failures import failure_error
 from berth.node.gateway_certificate import certificate_path, read_certificate
+from berth.node.peer_routes import (
+    PEERS_TRANSPORT, UPSTREAM_DIAL_TIMEOUT, UPSTREAM_TRANSPORT, checked_cluster_token, peer_config, servers_on,
+)
+from berth.node.route_publisher import route_publisher
 from berth.node.route_table import OWNED_PREFIX, PART_SEPARATOR, STAGING_DIR, Route, RouteTable
 from berth.settings import Settings
 
@@ -52,55 +62,78 @@ RULE_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # may stand inside a Tra
 # them to whichever engine answered fastest once. The `retry` middleware sends a request to another
 # server when its connection failed before any header reached the backend (an engine that just
 # died): safe for POST, since the engine saw nothing.
+#
+# A route with one engine on this node keeps the shape it had before the cluster: no retry, kept
+# connections (bench P4: the gateway adds ~0.3 ms). Measured here (GET /health, one gateway, load ~3
+# on 2 cores): the retry with `status` costs ~0.6 ms p50 a request, a new connection per request
+# ~0.2 ms. The price, already paid before the cluster: llama.cpp's server drops a kept-alive
+# connection after a streamed answer, and 5-7% of sequential streamed chats through such a route
+# fail (502); with the retry (one server too) 0 of 400. Several servers: the retry, and a new
+# connection per request (berth.node.peer_routes.UPSTREAM_TRANSPORT); servers on other nodes only:
+# kept connections to their gateways, whose peer routers have the retry and a new connection.
 LB_STRATEGY = "p2c"
 RETRY_ATTEMPTS = 3
 RETRY_INTERVAL = "10ms"
 PASSIVE_FAILURE_WINDOW = "10s"
+RETRY_STATUS = ["502", "503"]
 
 
-def no_token_message(deployment: str) -> str:
-    return (
-        f"this node's worker has no API token, so it publishes no route for {deployment} (a route without "
-        "the token check would let anyone call the model): set BERTH_API_TOKEN for the worker, or create "
-        "$BERTH_HOME/api-token on the node with the API's token, then retry; or deploy it with public: true"
-    )
-
-
-def route_config(request: RouteRequest, token: str | None) -> Route:
-    """The deployment's routers, middleware and service; each name says whose it is (route_table.owner).
-    Without a token, a route that is not public is refused (a non-retryable NODE_MISCONFIGURED)."""
-    if not request.public and not token:
-        log.error("route for %s refused: %s", request.deployment, no_token_message(request.deployment))
-        raise failure_error(ErrorCode.NODE_MISCONFIGURED, no_token_message(request.deployment))
+def route_config(
+    request: RouteRequest, token: str | None, *, node_id: str | None = None, cluster_token: str | None = None
+) -> Route:
+    """The deployment's routers, middleware and service on this node (`node_id`, by default
+    Settings.from_env().node_id, read only when the request lists `instances`); each name says whose
+    it is (route_table.owner). `token`: the API token (None: the forwardAuth router alone);
+    `cluster_token`: needed when the route spans nodes (berth.node.peer_routes), else refused
+    (a non-retryable NODE_MISCONFIGURED)."""
+    if request.instances and node_id is None:
+        node_id = Settings.from_env().node_id
+    servers = servers_on(request, node_id or "")
+    if servers.spans_nodes:
+        cluster_token = checked_cluster_token(request.deployment, cluster_token, RULE_SAFE_TOKEN)
     name = f"{OWNED_PREFIX}{request.deployment}"
     prefix_rule = f"PathPrefix(`/models/{request.deployment}/`)"
     strip = f"{name}{PART_SEPARATOR}strip"
-    servers = request.servers()
     middlewares = {strip: {"stripPrefix": {"prefixes": [f"/models/{request.deployment}"]}}}
     own = [strip]
-    if len(servers) > 1:  # one server: nothing to retry on (the same dead engine again)
+    retry_config = {"retry": {
+        "attempts": RETRY_ATTEMPTS, "initialInterval": RETRY_INTERVAL,
+        # 502: Traefik's own answer when the engine's connection broke (an engine killed while
+        # answering), here or behind another node's gateway; 503: another node's gateway no
+        # longer has the instance (berth.node.peer_routes), or an engine still loading. A chat
+        # request is safe to send again to another engine (no side effect)
+        "status": RETRY_STATUS, "retryNonIdempotentMethod": True,
+    }}
+    peers = (peer_config(request.deployment, servers, cluster_token, GATEWAY_ENTRYPOINT, retry_config)
+             if servers.spans_nodes else {})
+    if servers.remote:  # this node's requests to other nodes' gateways carry the cluster token
+        own.append(f"{name}{PART_SEPARATOR}cluster-token")
+    if len(servers) > 1:  # one server: the route as before the cluster (bench P4), see below
         retry = f"{name}{PART_SEPARATOR}retry"
-        middlewares[retry] = {"retry": {
-            "attempts": RETRY_ATTEMPTS, "initialInterval": RETRY_INTERVAL,
-            # 502: Traefik's own answer when the engine's connection broke (an engine killed while
-            # answering); a chat request is safe to send again to another engine (no side effect)
-            "status": ["502"], "retryNonIdempotentMethod": True,
-        }}
+        middlewares[retry] = retry_config
         own.append(retry)
     if request.public:
         routers = {name: _router(prefix_rule, own, name)}
-    else:
+    else:  # a node without the API token (a joined node): every call is checked by the API
         routers = {f"{name}{PART_SEPARATOR}auth": _router(prefix_rule, [f"{AUTH_MIDDLEWARE}@file", *own], name, 10)}
-        if RULE_SAFE_TOKEN.match(token):
+        if token and RULE_SAFE_TOKEN.match(token):
             token_rule = f"{prefix_rule} && Header(`Authorization`, `Bearer {token}`)"
             routers[name] = _router(token_rule, own, name, 20)
-    balancer: dict = {"servers": [{"url": f"http://127.0.0.1:{port}"} for port in servers]}
+    balancer: dict = {"servers": servers.urls()}
     if len(servers) > 1:
         balancer["strategy"] = LB_STRATEGY
         # a server that refused a connection sits out (retries then go to the others) until the
         # workflow's route change, which resets it: an engine that died gets no more attempts
         balancer["passiveHealthcheck"] = {"failureWindow": PASSIVE_FAILURE_WINDOW, "maxFailedAttempts": 1}
-    return {"http": {"routers": routers, "middlewares": middlewares, "services": {name: {"loadBalancer": balancer}}}}
+    if servers.remote and not servers.local:  # other gateways only: connections kept
+        balancer["serversTransport"] = f"{PEERS_TRANSPORT}@file"
+    elif len(servers) > 1:  # engines here among them: a new connection per request (peer_routes)
+        balancer["serversTransport"] = f"{UPSTREAM_TRANSPORT}@file"
+    services = {name: {"loadBalancer": balancer}}
+    routers.update(peers.get("routers", {}))
+    middlewares.update(peers.get("middlewares", {}))
+    services.update(peers.get("services", {}))
+    return {"http": {"routers": routers, "middlewares": middlewares, "services": services}}
 
 
 def _router(rule: str, middlewares: list[str], service: str, priority: int | None = None) -> dict:
@@ -108,6 +141,16 @@ def _router(rule: str, middlewares: list[str], service: str, priority: int | Non
     if priority is not None:
         router["priority"] = priority
     return router
+
+
+async def publish_route(settings: Settings, request: RouteRequest, env: Mapping[str, str] = os.environ) -> str:
+    """configure_route's work: render the route for this node (settings.node_id, its API and cluster
+    tokens), put it in its route table through the worker's publisher; returns the public endpoint."""
+    route = route_config(
+        request, load_api_token(settings, env), node_id=settings.node_id, cluster_token=load_cluster_token(settings, env)
+    )
+    await route_publisher(settings.routes_dir).put(request.deployment, route)
+    return f"{settings.gateway_url}/models/{request.deployment}/v1"
 
 
 def write_route(routes_dir: Path, request: RouteRequest, token: str | None = None) -> Path:
@@ -148,9 +191,6 @@ def adopt_route_files(settings: Settings) -> list[str]:
             continue
         public = not any(f"{AUTH_MIDDLEWARE}@file" in (router.get("middlewares") or [])
                          for router in (config.get("routers") or {}).values())
-        if not public and not token:  # fail closed: the old file (with its auth) stays for a person to see
-            log.error("route file %s not adopted: %s", path, no_token_message(path.stem))
-            continue
         request = RouteRequest(deployment=path.stem, port=port, engine="", public=public)
         adopted[path.stem] = route_config(request, token)
         files.append(path)
@@ -164,7 +204,8 @@ def adopt_route_files(settings: Settings) -> list[str]:
 def write_gateway_config(settings: Settings) -> Path:
     """What every route shares: the forwardAuth middleware that asks the API about a token, and,
     once it has been made, the default TLS certificate that spares Traefik a new RSA key at each
-    route change (berth.node.gateway_certificate)."""
+    route change (berth.node.gateway_certificate); and the transport of requests to other nodes'
+    gateways (berth.node.peer_routes: a short dial timeout)."""
     config: dict = {
         "http": {
             "middlewares": {
@@ -174,7 +215,11 @@ def write_gateway_config(settings: Settings) -> Path:
                         "authRequestHeaders": ["Authorization"],
                     }
                 }
-            }
+            },
+            "serversTransports": {  # 3 s to connect; to engines a new connection per request (-1: none kept)
+                UPSTREAM_TRANSPORT: {"forwardingTimeouts": {"dialTimeout": UPSTREAM_DIAL_TIMEOUT}, "maxIdleConnsPerHost": -1},
+                PEERS_TRANSPORT: {"forwardingTimeouts": {"dialTimeout": UPSTREAM_DIAL_TIMEOUT}},
+            },
         }
     }
     certificate = read_certificate(certificate_path(settings))

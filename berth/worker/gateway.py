@@ -22,9 +22,17 @@ def traefik_binary() -> str:
 METRICS_ENTRY_POINT = "metrics"
 
 
+def bind_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address  # an IPv6 address takes brackets
+
+
 def static_config(settings: Settings) -> dict:
+    # The web entry point binds on the node's address (BERTH_NODE_ADDRESS, default 127.0.0.1): where
+    # clients and the other nodes' gateways reach it (docs/cluster.md). Its metrics entry point stays
+    # on 127.0.0.1 (never where the network reaches): nodes simulated on one host give each gateway
+    # its own BERTH_GATEWAY_METRICS_PORT, as they give each worker its own metrics port.
     config = {
-        "entryPoints": {"web": {"address": f"127.0.0.1:{settings.gateway_port}"}},
+        "entryPoints": {"web": {"address": f"{bind_host(settings.node_address)}:{settings.gateway_port}"}},
         # Traefik applies provider changes at most once per throttle period (2 s by default).
         "providers": {
             "providersThrottleDuration": "50ms",
@@ -64,4 +72,5 @@ def gateway_argv(settings: Settings) -> list[str]:
 
 
 def gateway_ready(settings: Settings) -> bool:
-    return answers_ok(f"{settings.gateway_url}/ping")
+    """Traefik answers its ping where it binds (gateway_url may name a proxy in front of it)."""
+    return answers_ok(f"http://{bind_host(settings.node_address)}:{settings.gateway_port}/ping")

@@ -93,8 +93,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     write_gateway_config(settings)
     if load_api_token(settings) is None:
         logging.warning(
-            "no API token (BERTH_API_TOKEN or %s): this worker publishes routes for public deployments "
-            "only; any other deployment placed here ends FAILED (NODE_MISCONFIGURED)", token_path(settings)
+            "no API token (BERTH_API_TOKEN or %s): every call to a deployment that is not public is "
+            "checked by the API at %s (forwardAuth) before it reaches an engine", token_path(settings),
+            settings.api_url
         )
     adopted = adopt_route_files(settings)
     if adopted:
