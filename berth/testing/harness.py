@@ -92,6 +92,7 @@ class RunningStack:
             "BERTH_UI_PORT": str(free_port()),
             "BERTH_GATEWAY_PORT": str(free_port()),
             "BERTH_API_PORT": str(free_port()),
+            "BERTH_FILES_PORT": str(free_port()),  # the node's file server (NODE:/path copies)
             # metrics endpoints on free ports, unless the environment turns one off (0), e.g. to
             # compare a benchmark with and without them
             **{name: str(free_port()) for name in METRICS_PORTS if os.environ.get(name) != "0"},

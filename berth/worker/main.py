@@ -23,6 +23,7 @@ from berth.activities.supervision import supervise
 from berth.common.api_token import load_api_token, token_path
 from berth.common.gc_pauses import freeze_start_up_objects, freeze_survivors
 from berth.common.temporal_connection import connect
+from berth.node.file_server import start_file_server, stop_file_server  # files: NODE:/path copies
 from berth.node.gateway_certificate import certificate_path, ensure_certificate
 from berth.node.routes import adopt_route_files, write_gateway_config
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
@@ -116,6 +117,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         interceptors=[KillWorkerInterceptor(settings.home)] if fault_injection.enabled() else [],
     )
     reconciler = Reconciler(client, settings)
+    files = await start_file_server(settings)  # files: this node's model files for other nodes (docs/models.md)
     try:
         async with control, node:
             announcing = asyncio.create_task(announce_then_take_over(client, settings, stop))
@@ -126,6 +128,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             certifying.cancel()
             freezing.cancel()
     finally:
+        await stop_file_server(settings, files)  # files: its route goes with it
         withdraw_ready(settings)
 
 
