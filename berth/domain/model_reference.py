@@ -86,7 +86,7 @@ ModelReference = LocalReference | UrlReference | HubReference | NodeReference
 # pydantic (tests/test_node_reference.py keeps the two equal)
 NODE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 # what looks like a node path (and is then held to the rules): `word:/...`, the word no URL scheme
-NODE_REFERENCE_START = re.compile(r"^([A-Za-z0-9_-]{1,63}):/")
+NODE_REFERENCE_START = re.compile(r"^([A-Za-z0-9_-]+):/")
 # `hf:/x`, `http:/x`: a hub reference or a URL written wrong, never a node of that name
 NOT_NODE_NAMES = frozenset({"hf", "http", "https", "file", "ftp"})
 

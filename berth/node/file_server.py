@@ -60,6 +60,13 @@ class Request:
     method: str
     target: str
     headers: dict[str, str]
+    version: str = "HTTP/1.1"
+
+    @property
+    def closes(self) -> bool:
+        """The client asked to close after this answer (or speaks HTTP/1.0 without keep-alive)."""
+        connection = self.headers.get("connection", "").lower()
+        return connection == "close" or (self.version == "HTTP/1.0" and connection != "keep-alive")
 
 
 @dataclass
@@ -111,7 +118,7 @@ class FileServer:
         try:
             while True:
                 request = await asyncio.wait_for(_read_request(reader), IDLE_S)
-                if request is None or not await self._answer(request, writer):
+                if request is None or not await self._answer(request, writer) or request.closes:
                     break
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
                 ValueError):
@@ -225,7 +232,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     for _ in range(MAX_HEADERS + 1):
         raw = await reader.readline()
         if raw in (b"\r\n", b"\n"):
-            return Request(parts[0], parts[1], headers)
+            return Request(parts[0], parts[1], headers, parts[2])
         if not raw:
             return None
         name, _, value = raw.decode("latin-1").partition(":")
