@@ -284,6 +284,8 @@ async def _copy_file(
     finally:
         if not sha_asked.done():
             sha_asked.cancel()
+        elif not sha_asked.cancelled():
+            sha_asked.exception()  # retrieved: a failure of the copy itself is what is reported
 
 
 async def _sha256(client: httpx.AsyncClient, reference: NodeReference, url: str) -> str:
