@@ -14,7 +14,7 @@ from pathlib import Path
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
 from berth.common.cluster_token import load_cluster_token
-from berth.domain.model_reference import HubReference, LocalReference, NodeReference, is_node_reference, UrlReference
+from berth.domain.model_reference import HubReference, LocalReference, NodeReference, UrlReference, is_node_reference
 from berth.domain.pipeline import EngineChoice
 from berth.engines.selection import SelectionRefused, select_engine as choose
 from berth.models.fetch import FetchFailed, cached_format
@@ -22,7 +22,7 @@ from berth.models.hub import HubError, list_hub_repo
 from berth.models.hub_selection import select_hub_files
 from berth.models.presets import Preset, missing_model_message, preset_for
 from berth.node.failures import failure_error
-from berth.node.file_copy import node_model_format
+from berth.node.file_source import node_model_format
 from berth.node.hardware import probe_hardware
 from berth.node.model_source import local_model_format, model_source, wanted_format
 from berth.settings import Settings

@@ -25,11 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 
-from berth.common.cluster_token import CLUSTER_TOKEN_HEADER
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import NodeReference
 from berth.domain.state import DownloadProgress
@@ -45,14 +43,11 @@ from berth.models.manifest import (
     missing_files,
     save_manifest,
 )
+from berth.node.file_source import announced_sha256, ask, file_url, raise_for_status, source_client
 
-FILES_PATH = "/_berth/files"  # berth.node.file_server.FILES_PATH (not imported: the worker's side)
-SHA256_HEADER = "X-Berth-Sha256"
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 0.5
 LOCK_POLL_S = 0.2
-# a source that hashes a big file answers HEAD late (a 4 GB file: ~10 s); the copy waits for it
-HASH_TIMEOUT_S = 600.0
 
 ProgressCallback = Callable[[DownloadProgress], None]
 
@@ -119,43 +114,14 @@ async def copy_from_node(
         cached = cached_copy(reference, models_dir, may_refetch)  # another deployment copied it meanwhile
         if cached is not None:
             return cached
-        async with httpx.AsyncClient(
-            base_url=gateway_url.rstrip("/"), headers={CLUSTER_TOKEN_HEADER: token}, trust_env=False,
-            timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False,
-        ) as client:
+        async with source_client(gateway_url, token) as client:
             return await _copy(client, reference, models_dir, on_progress)
-
-
-async def node_model_format(
-    reference: NodeReference, gateway_url: str | None, token: str | None, models_dir: Path
-) -> str | None:
-    """Another node's model's format before it is copied: from a copy made before, from its name,
-    or (a folder) from the source's listing; None when none says."""
-    manifest = load_manifest(manifest_path(models_dir, reference.display))
-    if manifest is not None and manifest.complete:
-        return manifest.format
-    named = format_of_name(reference.file_name)
-    if named is not None or not gateway_url or not token:
-        return named
-    async with httpx.AsyncClient(
-        base_url=gateway_url.rstrip("/"), headers={CLUSTER_TOKEN_HEADER: token}, trust_env=False,
-        timeout=httpx.Timeout(30.0, connect=10.0),
-    ) as client:
-        listing = (await _ask(client, reference, "GET", _url(reference.path) + "?info")).json()
-    names = [f["path"] for f in listing.get("files", [])]
-    if any(name.endswith(".safetensors") for name in names):
-        return "safetensors"
-    return "gguf" if any(name.endswith(".gguf") for name in names) else None
-
-
-def _url(remote: str) -> str:
-    return FILES_PATH + quote(remote, safe="/")
 
 
 async def _copy(
     client: httpx.AsyncClient, reference: NodeReference, models_dir: Path, on_progress: ProgressCallback
 ) -> FetchedModel:
-    info = await _ask(client, reference, "GET", _url(reference.path) + "?info")
+    info = await ask(client, reference, "GET", file_url(reference.path) + "?info")
     listing = info.json()
     entry = copy_entry(reference, models_dir)
     if listing.get("kind") == "folder":
@@ -209,8 +175,8 @@ async def _copy_file(
 ) -> str:
     """The file whole at `target`, checked; returns its sha256."""
     name = source.relative or reference.file_name
-    url = _url(source.remote)
-    sha_asked = asyncio.ensure_future(_sha256(client, reference, url))
+    url = file_url(source.remote)
+    sha_asked = asyncio.ensure_future(announced_sha256(client, reference, url))
     try:
         if target.exists() and target.stat().st_size == source.size:  # copied whole by an earlier attempt
             digest = await asyncio.to_thread(_hash_prefix, target, source.size)
@@ -235,7 +201,7 @@ async def _copy_file(
                     have, digest = 0, hashlib.sha256()
                     part.unlink(missing_ok=True)
                     return await _copy_file(client, reference, source, target, progress)
-                await _raise_for_status(reference, response, source.remote)
+                await raise_for_status(reference, response, source.remote)
                 if have and response.status_code != 206:  # the source changed since (If-Range): anew
                     have, digest = 0, hashlib.sha256()
                 etag_file.write_text(response.headers.get("etag", ""))
@@ -286,54 +252,6 @@ async def _copy_file(
             sha_asked.cancel()
         elif not sha_asked.cancelled():
             sha_asked.exception()  # retrieved: a failure of the copy itself is what is reported
-
-
-async def _sha256(client: httpx.AsyncClient, reference: NodeReference, url: str) -> str:
-    response = await _ask(client, reference, "HEAD", url, timeout=HASH_TIMEOUT_S)
-    sha256 = response.headers.get(SHA256_HEADER, "").strip().lower()
-    if len(sha256) != 64:
-        raise FetchFailed(f"node {reference.node!r} did not announce the sha256 of {url.removeprefix(FILES_PATH)}")
-    return sha256
-
-
-async def _ask(
-    client: httpx.AsyncClient, reference: NodeReference, method: str, url: str, timeout: float | None = None
-) -> httpx.Response:
-    try:
-        response = await client.request(method, url, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
-    except httpx.HTTPError as error:
-        raise FetchFailed(
-            f"node {reference.node!r} is unreachable at {client.base_url} ({error or type(error).__name__}): "
-            f"is its gateway up, and can this node reach it? ({reference.display})",
-            retryable=True,
-        ) from None
-    await _raise_for_status(reference, response, url.removeprefix(FILES_PATH).split("?", 1)[0])
-    return response
-
-
-async def _raise_for_status(reference: NodeReference, response: httpx.Response, remote: str) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    try:
-        said = (await response.aread()).decode(errors="replace").strip()[:300]
-    except (httpx.HTTPError, RuntimeError):
-        said = ""
-    if status in (401, 403):
-        raise FetchFailed(
-            f"node {reference.node!r} refused this node's cluster token ({status}: {said}): every node needs the "
-            "same BERTH_CLUSTER_TOKEN (or $BERTH_HOME/cluster-token)"
-        )
-    if status == 404:
-        raise FetchFailed(
-            f"node {reference.node!r} does not serve {remote} ({said or 'not found'}): the path must name a file "
-            "or model folder inside that node's model roots (BERTH_MODEL_ROOTS there)"
-        )
-    raise FetchFailed(
-        f"node {reference.node!r} answered {status} for {remote} ({said}): its file server may be down "
-        "(the node's worker); the copy is retried",
-        retryable=status in (409, 429) or status >= 500,
-    )
 
 
 def _have(target: Path) -> int:

@@ -27,6 +27,7 @@ from berth.domain.pipeline import PrepareFilesInput, PreparedModel
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.node.download_progress import ProgressReporter
 from berth.node.file_copy import copy_from_node
+from berth.node.file_source import gateway_of
 from berth.node.failures import failure_error
 from berth.node.model_source import local_model_format, model_source, refuse_outside_roots, wanted_format
 from berth.models.presets import (
@@ -115,8 +116,9 @@ async def files_in_place(request: PrepareFilesInput) -> PreparedModel:
         return check_local_model(source.path)
     reporter = ProgressReporter()
     if isinstance(source, NodeReference):  # another node's files: copied from its gateway
+        gateway = request.source_gateway_url or await gateway_of(source.node)
         fetching = copy_from_node(
-            source, request.source_gateway_url, load_cluster_token(settings), models_dir, request.may_refetch, reporter
+            source, gateway, load_cluster_token(settings), models_dir, request.may_refetch, reporter
         )
     else:
         fetching = fetch_model(source, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
