@@ -5,12 +5,15 @@ sha256-checked, reused. What must never be served, and what each refusal answers
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from berth.domain.errors import ErrorCode, Failure
 from berth.domain.model_reference import parse_model_reference
 from berth.domain.pipeline import PrepareFilesInput
+from berth.models.fetch import FetchFailed
 from berth.models.manifest import load_manifest, manifest_path
 from berth.node.file_copy import copy_entry, copy_from_node, part_path
 from berth.node.file_server import ROUTE_FILE, route_path
@@ -354,3 +358,53 @@ async def test_a_copy_that_is_gone_is_must_redownload_unless_the_deploy_may_fetc
     assert failure.code is ErrorCode.MUST_REDOWNLOAD and failure.missing_files == [prepared.path]
     again = await prepare(node_path(files["gguf"]), source, may_refetch=True)
     assert sha256(Path(again.path)) == sha256(files["gguf"])
+
+
+class LyingSource(BaseHTTPRequestHandler):
+    """A source node that lies: its folder lists files outside the folder, its file is longer than
+    it says. The copying node must write nothing outside its copy, and keep nothing it did not ask for."""
+
+    listing: list[dict] = []
+
+    def do_GET(self):
+        if self.path.endswith("?info"):
+            body = json.dumps({"kind": "folder", "files": self.listing}).encode()
+        else:
+            body = b"x" * 5000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("X-Berth-Sha256", "0" * 64)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("listed, words", [
+    ([{"path": "../../../escaped.txt", "size": 10}], "not a path inside the folder"),
+    ([{"path": "/etc/cron.d/x", "size": 10}], "not a path inside the folder"),
+    ([{"path": "a/./b.safetensors", "size": 10}], "not a path inside the folder"),
+    ([{"path": "model.safetensors", "size": 10}], "sent more than the 10 bytes"),
+])
+async def test_a_lying_source_writes_nothing_outside_the_copy(tmp_path, listed, words):
+    LyingSource.listing = listed
+    server = ThreadingHTTPServer(("127.0.0.45", 0), LyingSource)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(FetchFailed) as refused:
+            await copy_from_node(parse_model_reference("liar:/srv/models/st"), f"http://127.0.0.45:{server.server_port}",
+                                 "token", tmp_path / "models", True, lambda _: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert words in str(refused.value)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in (".lock",) and "manifests" not in p.parts]
+    assert all((tmp_path / "models" / "copies" / "liar") in p.parents for p in written), written
+    assert not any(p.name == "escaped.txt" for p in tmp_path.parent.rglob("escaped.txt"))

@@ -59,7 +59,7 @@ def sha256(path: Path) -> str:
 def served_gets(cluster: Cluster, path: Path) -> list[str]:
     """The file server's log lines on fa for GETs of `path` (berth.node.file_server)."""
     log = (cluster.settings("fa").logs_dir / "worker.log").read_text(errors="replace")
-    return [line for line in log.splitlines() if f"files: GET {path} " in line]
+    return [line for line in log.splitlines() if f"files: GET {str(path)!r} " in line]
 
 
 def deploy(api, name: str, model: str, node: str = "fb") -> dict:

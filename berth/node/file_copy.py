@@ -125,7 +125,8 @@ async def _copy(
     listing = info.json()
     entry = copy_entry(reference, models_dir)
     if listing.get("kind") == "folder":
-        files = [SourceFile(f["path"], f"{reference.path}/{f['path']}", int(f["size"])) for f in listing["files"]]
+        files = [SourceFile(_inside(reference, f["path"]), f"{reference.path}/{f['path']}", int(f["size"]))
+                 for f in listing["files"]]
         fmt = "safetensors" if any(f.remote.endswith(".safetensors") for f in files) else "gguf"
     else:
         files = [SourceFile("", reference.path, int(listing["size"]))]
@@ -147,6 +148,16 @@ async def _copy(
     manifest.files = recorded
     mark_complete(path, manifest)
     return FetchedModel(path=str(entry), format=fmt)
+
+
+def _inside(reference: NodeReference, relative: object) -> str:
+    """A listed file's path inside the folder, as the source sent it: never one that would land
+    outside the copy (an absolute path, '..', a NUL), whatever the source says."""
+    parts = relative.split("/") if isinstance(relative, str) else []
+    if not parts or any(part in ("", ".", "..") or "\0" in part or "\\" in part for part in parts):
+        raise FetchFailed(f"node {reference.node!r} listed {str(relative)[:200]!r} in {reference.path}: not a path "
+                          "inside the folder; nothing copied")
+    return relative
 
 
 class _Progress:
@@ -216,6 +227,9 @@ async def _copy_file(
                         digest.update(chunk)
                         first = done == have
                         done += len(chunk)
+                        if done > source.size:
+                            raise FetchFailed(f"node {reference.node!r} sent more than the {source.size} bytes of "
+                                              f"{source.remote} it announced", retryable=True)
                         progress(name, done, force=first)  # the first bytes at once, then twice a second
                     out.flush()
                     os.fsync(out.fileno())

@@ -155,7 +155,7 @@ class FileServer:
             else:
                 await self._file(writer, request, asked)
         except NotServed as refused:
-            log.info("files: %s %s refused (%d): %s", request.method, asked[:300], refused.status, refused)
+            log.info("files: %s %r refused (%d): %s", request.method, asked[:300], refused.status, refused)
             await self._reply(writer, request, refused.status, str(refused))
         return True
 
@@ -194,8 +194,8 @@ class FileServer:
                 headers["Content-Range"] = f"bytes {offset}-{last}/{served.size}"
             record = Served("GET", asked, status, wanted, offset, length)
             self.served.append(record)
-            log.info("files: GET %s %d (%s bytes from %d) for %s", asked[:300], status, length, offset,
-                     request.headers.get("x-forwarded-for", "?"))
+            log.info("files: GET %r %d (%s bytes from %d) for %r", asked[:300], status, length, offset,
+                     request.headers.get("x-forwarded-for", "?")[:100])
             self._head(writer, status, length, headers)
             await writer.drain()
             if length:
