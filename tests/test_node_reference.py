@@ -50,6 +50,8 @@ def test_what_a_reference_names(text, expected):
     ("hf:/srv/q.gguf", "hf:org/repo"),  # neither a node called hf nor a hub repo
     ("http:/host/q.gguf", "http://host/path"),
     ("https:/host/q.gguf", "https://host/path"),
+    ("s3://bucket/q.gguf", "looks like a URL"),
+    ("node-a://srv/q.gguf", "looks like a URL"),
 ])
 def test_a_malformed_node_path_is_refused_saying_why(text, words):
     with pytest.raises(BadModelReference) as refused:
@@ -58,6 +60,16 @@ def test_a_malformed_node_path_is_refused_saying_why(text, words):
     with pytest.raises(ValidationError) as invalid:  # the spec refuses it: the API's 400/422 with the reason
         DeploymentSpec(name="x", model=text)
     assert words in str(invalid.value)
+
+
+def test_placement_reads_the_same_node_from_a_reference():
+    """berth.domain.placement (the cluster's choice, preferring the node that holds the files) reads
+    the node of every reference the spec accepts as this module does."""
+    from berth.domain.placement import files_node
+
+    for text in ("gpu-box:/srv/models/q.gguf", "n1:/srv/models/qwen/", "/srv/q.gguf", "hf:org/repo", "https://h/q.gguf"):
+        parsed = parse_model_reference(text)
+        assert files_node(text) == (parsed.node if isinstance(parsed, NodeReference) else None), text
 
 
 def test_the_node_id_rule_is_the_clusters():

@@ -175,6 +175,11 @@ def parse_node_path(reference: str) -> NodeReference:
             f"{reference[:200]!r}: {node!r} is not a node id (lowercase letters, digits, '-' and '_', "
             "1-63 characters): write NODE:/abs/path"
         )
+    if path.startswith("//"):
+        raise BadModelReference(
+            f"{reference[:200]!r} looks like a URL with a scheme berth does not fetch: write https://host/path "
+            "or NODE:/abs/path"
+        )
     if "\0" in path or any(ord(c) < 32 for c in path):
         raise BadModelReference(f"{reference[:200]!r}: the path holds a control character")
     if ".." in PurePosixPath(path).parts:
@@ -182,8 +187,6 @@ def parse_node_path(reference: str) -> NodeReference:
             f"{reference[:200]!r}: the path holds '..': write the file's own absolute path (NODE:/abs/path)"
         )
     normal = posixpath.normpath(path)
-    if normal.startswith("//"):
-        normal = "/" + normal.lstrip("/")
     if normal == "/":
         raise BadModelReference(f"{reference[:200]!r}: name a model file or folder on node {node!r}, not '/'")
     return NodeReference(node=node, path=normal)
