@@ -141,3 +141,18 @@ async def test_the_worker_killed_mid_copy_resumes_with_a_range(cluster, model, t
         print(f"killed at {have} bytes, resumed from {offset} of {big.stat().st_size}")
         assert state["status"] == "DEPLOYED", state["error"]
         stop(api, "copied-big")
+
+
+def test_a_plain_path_is_qualified_with_the_apis_node_in_a_cluster(cluster, model):
+    """Two nodes: the API (beside fa, BERTH_API_NODE=fa) sends a plain path as fa's; on fa itself
+    it is used in place. A spec pinned to fb keeps its plain path (a file on fb)."""
+    with cluster.api() as api:
+        accepted = deploy(api, "plain-on-fa", str(model), node="fa")
+        assert accepted["spec"]["model"] == f"fa:{model}"
+        state = wait_for_api_status(api, "plain-on-fa", {"DEPLOYED", "FAILED"}, timeout_s=120)
+        assert state["status"] == "DEPLOYED", state["error"]
+        assert state["instances"][0]["node"] == "fa"
+        stop(api, "plain-on-fa")
+        pinned = deploy(api, "plain-on-fb", str(model), node="fb")
+        assert pinned["spec"]["model"] == str(model)
+        stop(api, "plain-on-fb")
