@@ -26,6 +26,7 @@ from berth.domain.model_reference import parse_model_reference
 from berth.domain.pipeline import PrepareFilesInput
 from berth.models.fetch import FetchFailed
 from berth.models.manifest import load_manifest, manifest_path
+from berth.node.engine_choice import format_for_selection
 from berth.node.file_copy import copy_entry, copy_from_node, part_path
 from berth.node.file_server import ROUTE_FILE, route_path
 from berth.node.model_files import files_in_place
@@ -408,3 +409,13 @@ async def test_a_lying_source_writes_nothing_outside_the_copy(tmp_path, listed, 
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in (".lock",) and "manifests" not in p.parts]
     assert all((tmp_path / "models" / "copies" / "liar") in p.parents for p in written), written
     assert not any(p.name == "escaped.txt" for p in tmp_path.parent.rglob("escaped.txt"))
+
+
+async def test_the_format_of_another_nodes_model_is_known_before_the_copy(source, files, target):
+    """The engine is chosen before any byte is copied: from the name, or from the folder's listing."""
+    assert await format_for_selection(node_path(files["gguf"]), "auto", None) == "gguf"
+    assert await format_for_selection(node_path(files["folder"]), "auto", source.gateway_url) == "safetensors"
+    assert not (target / "models" / "copies").exists(), "nothing copied to learn it"
+    with pytest.raises(ApplicationError) as refused:
+        await format_for_selection("node-a:/etc/passwd-folder", "auto", source.gateway_url)
+    assert failure_of(refused).code is ErrorCode.MODEL_LOADING_FAILURE

@@ -122,15 +122,21 @@ async def _copy(
     client: httpx.AsyncClient, reference: NodeReference, models_dir: Path, on_progress: ProgressCallback
 ) -> FetchedModel:
     info = await ask(client, reference, "GET", file_url(reference.path) + "?info")
-    listing = info.json()
     entry = copy_entry(reference, models_dir)
-    if listing.get("kind") == "folder":
-        files = [SourceFile(_inside(reference, f["path"]), f"{reference.path}/{f['path']}", int(f["size"]))
-                 for f in listing["files"]]
-        fmt = "safetensors" if any(f.remote.endswith(".safetensors") for f in files) else "gguf"
-    else:
-        files = [SourceFile("", reference.path, int(listing["size"]))]
-        fmt = format_of_name(reference.file_name) or "unknown"
+    try:
+        listing = info.json()
+        if listing.get("kind") == "folder":
+            files = [SourceFile(_inside(reference, f["path"]), f"{reference.path}/{f['path']}", int(f["size"]))
+                     for f in listing["files"]]
+            fmt = "safetensors" if any(f.remote.endswith(".safetensors") for f in files) else "gguf"
+        else:
+            files = [SourceFile("", reference.path, int(listing["size"]))]
+            fmt = format_of_name(reference.file_name) or "unknown"
+    except (ValueError, LookupError, TypeError, AttributeError):
+        raise FetchFailed(f"node {reference.node!r} answered about {reference.path} with what berth cannot read: "
+                          "is it a berth node of the same version?") from None
+    if any(f.size < 0 for f in files):
+        raise FetchFailed(f"node {reference.node!r} announced a negative size in {reference.path}")
     targets = [entry / f.relative if f.relative else entry for f in files]
     total = sum(f.size for f in files)
     _check_disk_space(entry.parent, total - sum(_have(t) for t in targets), reference.display)

@@ -57,11 +57,15 @@ async def node_model_format(
     if manifest is not None and manifest.complete:
         return manifest.format
     named = format_of_name(reference.file_name)
+    gateway_url = gateway_url or (await gateway_of(reference.node) if named is None else None)
     if named is not None or not gateway_url or not token:
         return named
     async with source_client(gateway_url, token) as client:
-        listing = (await ask(client, reference, "GET", _url(reference.path) + "?info")).json()
-    names = [f["path"] for f in listing.get("files", [])]
+        answer = await ask(client, reference, "GET", file_url(reference.path) + "?info")
+    try:
+        names = [str(f["path"]) for f in answer.json().get("files", [])]
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return None
     if any(name.endswith(".safetensors") for name in names):
         return "safetensors"
     return "gguf" if any(name.endswith(".gguf") for name in names) else None
