@@ -20,7 +20,7 @@ from berth.node.model_files import files_in_place
 async def prepare_files(request: PrepareFilesInput) -> PreparedModel:
     choice = None
     if request.choose_engine:  # before any download: a model no engine here serves fails now
-        choice = await choose_engine(request.model, request.override)
+        choice = await choose_engine(request.model, request.override, request.source_gateway_url)
         request = request.model_copy(update={"engine": choice.engine})
     prepared = await files_in_place(request)
     if choice:

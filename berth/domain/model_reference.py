@@ -1,6 +1,7 @@
 """What a deployment's `model` names: a local path, an http(s) URL, a Hugging Face repo, or a preset.
 
     /srv/models/qwen.gguf                      local: used in place, never copied
+    gpu-box:/srv/models/qwen.gguf              on node `gpu-box`: copied from it (used in place there)
     https://host/qwen-q4_k_m.gguf              URL: downloaded (resumable), sha256 checked when given
     https://host/qwen.gguf#sha256=<64 hex>     ... the expected sha256 as a URL fragment
     hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF         Hugging Face repo: berth picks the file(s)
@@ -10,8 +11,11 @@
 
 Pure parsing: whether `org/repo` is a local path is decided by the caller (`exists`), on the node;
 an `org/name` whose name ends in a model file extension (`models/q.gguf`) is always a path.
+A node path is `NODE:/abs/path`: a node id (berth.domain.cluster.check_node_id), a colon, an
+absolute path; `hf:org/repo` has no slash after the colon and a URL has two, so neither is one.
 """
 
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -60,7 +64,31 @@ class HubReference:
         return text
 
 
-ModelReference = LocalReference | UrlReference | HubReference
+@dataclass(frozen=True)
+class NodeReference:
+    """A file or folder under the model roots of node `node` (copied to the node that runs it)."""
+
+    node: str
+    path: str  # absolute, normalised (no '..', no trailing '/')
+
+    @property
+    def display(self) -> str:
+        return f"{self.node}:{self.path}"
+
+    @property
+    def file_name(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+ModelReference = LocalReference | UrlReference | HubReference | NodeReference
+
+# berth.domain.cluster.NODE_ID_PATTERN, spelled out: the CLI reads references without importing
+# pydantic (tests/test_node_reference.py keeps the two equal)
+NODE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+# what looks like a node path (and is then held to the rules): `word:/...`, the word no URL scheme
+NODE_REFERENCE_START = re.compile(r"^([A-Za-z0-9_-]+):/")
+# `hf:/x`, `http:/x`: a hub reference or a URL written wrong, never a node of that name
+NOT_NODE_NAMES = frozenset({"hf", "http", "https", "file", "ftp"})
 
 
 def is_remote(reference: str) -> bool:
@@ -68,11 +96,18 @@ def is_remote(reference: str) -> bool:
     return reference.startswith(("http://", "https://", "hf:"))
 
 
+def is_node_reference(reference: str) -> bool:
+    """`reference` is written as a node path (`NODE:/path`), well formed or not (parse it to know)."""
+    return bool(NODE_REFERENCE_START.match(reference)) and not reference.startswith(("http://", "https://"))
+
+
 def parse_model_reference(reference: str, exists: bool = False) -> ModelReference:
     """What `reference` names. `exists`: a file or folder of that name is on the node (a path wins
     over an `org/repo` that looks like a hub repo). Presets are resolved before this (berth.models.presets)."""
     if reference.startswith(("http://", "https://")):
         return parse_url(reference)
+    if is_node_reference(reference):
+        return parse_node_path(reference)
     if reference.startswith("hf:"):
         return parse_hub(reference.removeprefix("hf:"))
     if (
@@ -123,3 +158,35 @@ def parse_hub(text: str) -> HubReference:
     if file and (file.startswith("/") or ".." in PurePosixPath(file).parts):
         raise BadModelReference(f"'hf:{text}': the file must be a path inside the repo")
     return HubReference(repo=repo, revision=revision or None, file=file or None)
+
+
+def parse_node_path(reference: str) -> NodeReference:
+    """`NODE:/abs/path`: the node id checked, the path absolute with no '..' and no NUL."""
+    node, _, path = reference.partition(":")
+    if node.lower() in NOT_NODE_NAMES:
+        scheme = "hf:org/repo" if node.lower() == "hf" else f"{node.lower()}://host/path"
+        raise BadModelReference(
+            f"{reference[:200]!r} is neither a node path nor a {node.lower()} reference: write {scheme}, "
+            "or NODE:/abs/path for a file on another node (no node may be named "
+            f"{'/'.join(sorted(NOT_NODE_NAMES))})"
+        )
+    if not NODE_ID_PATTERN.match(node):
+        raise BadModelReference(
+            f"{reference[:200]!r}: {node!r} is not a node id (lowercase letters, digits, '-' and '_', "
+            "1-63 characters): write NODE:/abs/path"
+        )
+    if path.startswith("//"):
+        raise BadModelReference(
+            f"{reference[:200]!r} looks like a URL with a scheme berth does not fetch: write https://host/path "
+            "or NODE:/abs/path"
+        )
+    if "\0" in path or any(ord(c) < 32 for c in path):
+        raise BadModelReference(f"{reference[:200]!r}: the path holds a control character")
+    if ".." in PurePosixPath(path).parts:
+        raise BadModelReference(
+            f"{reference[:200]!r}: the path holds '..': write the file's own absolute path (NODE:/abs/path)"
+        )
+    normal = posixpath.normpath(path)
+    if normal == "/":
+        raise BadModelReference(f"{reference[:200]!r}: name a model file or folder on node {node!r}, not '/'")
+    return NodeReference(node=node, path=normal)

@@ -83,6 +83,10 @@ class PrepareFilesInput(BaseModel):
     plan_memory: bool = False
     context_size: int | None = None
     instances: int = 1  # how many instances of it the node must hold: the plan checks them all
+    # `model` is another node's path (NODE:/path): that node's gateway URL, where its file server
+    # is reached (the workflow takes it from the cluster's routing map, Placement.routing); None:
+    # not known (the copy then fails, saying the node is not in the cluster)
+    source_gateway_url: str | None = None
 
 
 class PreparedModel(BaseModel):

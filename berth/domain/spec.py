@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from berth.domain.cluster import check_node_id
 from berth.domain.env_policy import env_name_problem
-from berth.domain.model_reference import BadModelReference, is_remote, parse_model_reference
+from berth.domain.model_reference import BadModelReference, is_node_reference, is_remote, parse_model_reference
 
 # Names end up in Traefik rules, file names and workflow ids: a DNS label, nothing else.
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -29,8 +29,8 @@ def check_name(name: str) -> str:
 
 
 def check_model_reference(model: str) -> str:
-    """A URL or hf: reference must be well formed (a path or a preset is checked on the node)."""
-    if is_remote(model):
+    """A URL, hf: reference or NODE:/path must be well formed (a path or a preset is checked on the node)."""
+    if is_remote(model) or is_node_reference(model):
         try:
             parse_model_reference(model)
         except BadModelReference as bad:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
-from berth.domain.model_reference import HubReference, LocalReference, UrlReference
+from berth.common.cluster_token import load_cluster_token
+from berth.domain.model_reference import HubReference, LocalReference, NodeReference, UrlReference, is_node_reference
 from berth.domain.pipeline import EngineChoice
 from berth.engines.selection import SelectionRefused, select_engine as choose
-from berth.models.fetch import cached_format
+from berth.models.fetch import FetchFailed, cached_format
 from berth.models.hub import HubError, list_hub_repo
 from berth.models.hub_selection import select_hub_files
 from berth.models.presets import Preset, missing_model_message, preset_for
 from berth.node.failures import failure_error
+from berth.node.file_source import node_model_format
 from berth.node.hardware import probe_hardware
 from berth.node.model_source import local_model_format, model_source, wanted_format
 from berth.settings import Settings
@@ -50,12 +52,21 @@ def remote_model_format(reference: UrlReference | HubReference, override: str) -
     return select_hub_files(listing, reference, wanted_format(override)).format
 
 
-async def format_for_selection(model: str, override: str) -> str | None:
+async def format_for_selection(model: str, override: str, source_gateway_url: str | None = None) -> str | None:
     source = model_source(model)
     if isinstance(source, Preset):
         return source.format
     if isinstance(source, LocalReference):
         return model_format_of(source.path)
+    if isinstance(source, NodeReference):  # another node's: its name, or its folder's listing there
+        settings = Settings.from_env()
+        try:
+            return await node_model_format(
+                source, source_gateway_url, load_cluster_token(settings), settings.models_dir
+            )
+        except FetchFailed as failed:
+            code = ErrorCode.TRANSIENT if failed.retryable else ErrorCode.MODEL_LOADING_FAILURE
+            raise failure_error(code, str(failed)) from None
     try:
         return await asyncio.to_thread(remote_model_format, source, override)
     except HubError as error:
@@ -82,16 +93,17 @@ def model_bytes_of(reference: str) -> int | None:
     return None
 
 
-async def choose_engine(model: str, override: str = "auto") -> EngineChoice:
+async def choose_engine(model: str, override: str = "auto", source_gateway_url: str | None = None) -> EngineChoice:
     """The engine for `model` here, with `override` ("auto": by its format and this node's hardware);
-    a refusal is ENGINE_UNAVAILABLE (MODEL_LOADING_FAILURE for a missing file)."""
-    model_format = await format_for_selection(model, override)
+    a refusal is ENGINE_UNAVAILABLE (MODEL_LOADING_FAILURE for a missing file). `source_gateway_url`:
+    where another node's model (NODE:/path) is, to read its folder's listing."""
+    model_format = await format_for_selection(model, override, source_gateway_url)
     hardware = await asyncio.to_thread(probe_hardware)
     try:
         selection = choose(model_format, hardware, override, model_bytes_of(model))
     except SelectionRefused as refused:
         path = Path(model).expanduser()
-        if not path.exists() and not model.startswith(("http://", "https://", "hf:")):
+        if not path.exists() and not model.startswith(("http://", "https://", "hf:")) and not is_node_reference(model):
             # a missing file says more than "unknown format"
             raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, missing_model_message(model)) from None
         raise failure_error(ErrorCode.ENGINE_UNAVAILABLE, str(refused)) from None

@@ -9,7 +9,8 @@ A preset name (berth.models.presets) that is not a path here is resolved first: 
 assembled once into $BERTH_HOME/models/ (heartbeating meanwhile), a hub preset is its hub reference.
 URLs and Hugging Face repos are fetched into the node's cache (berth.models.fetch), with progress
 in the deployment's state, resumable after a stop; files berth fetched that are gone now are
-MUST_REDOWNLOAD unless this deploy may fetch them again.
+MUST_REDOWNLOAD unless this deploy may fetch them again. Another node's files (`NODE:/path`) are
+copied from that node's gateway the same way (berth.node.file_copy); this node's own are local.
 """
 
 import asyncio
@@ -19,11 +20,14 @@ from pathlib import Path
 from temporalio import activity
 
 from berth.domain.errors import ErrorCode
-from berth.domain.model_reference import LocalReference
+from berth.common.cluster_token import load_cluster_token
+from berth.domain.model_reference import LocalReference, NodeReference
 from berth.domain.model_roots import outside_roots
 from berth.domain.pipeline import PrepareFilesInput, PreparedModel
 from berth.models.fetch import FetchFailed, ModelGone, fetch_model
 from berth.node.download_progress import ProgressReporter
+from berth.node.file_copy import copy_from_node
+from berth.node.file_source import gateway_of
 from berth.node.failures import failure_error
 from berth.node.model_source import local_model_format, model_source, refuse_outside_roots, wanted_format
 from berth.models.presets import (
@@ -103,17 +107,23 @@ async def assemble_preset(preset: Preset, models_dir: Path) -> str:
 
 
 async def files_in_place(request: PrepareFilesInput) -> PreparedModel:
-    models_dir = Settings.from_env().models_dir
+    settings = Settings.from_env()
+    models_dir = settings.models_dir
     source = model_source(request.model)
     if isinstance(source, Preset):
         return check_local_model(await assemble_preset(source, models_dir))
     if isinstance(source, LocalReference):
         return check_local_model(source.path)
     reporter = ProgressReporter()
-    try:
-        fetched = await reporter.run(
-            fetch_model(source, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
+    if isinstance(source, NodeReference):  # another node's files: copied from its gateway
+        gateway = request.source_gateway_url or await gateway_of(source.node)
+        fetching = copy_from_node(
+            source, gateway, load_cluster_token(settings), models_dir, request.may_refetch, reporter
         )
+    else:
+        fetching = fetch_model(source, wanted_format(request.engine), models_dir, request.may_refetch, reporter)
+    try:
+        fetched = await reporter.run(fetching)
     except ModelGone as gone:
         raise failure_error(ErrorCode.MUST_REDOWNLOAD, str(gone), missing_files=gone.missing) from None
     except FetchFailed as failed:

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from berth.domain.errors import ErrorCode
 from berth.domain.model_format import format_of_name
-from berth.domain.model_reference import BadModelReference, LocalReference, ModelReference, parse_model_reference
+from berth.domain.model_reference import (
+    BadModelReference,
+    LocalReference,
+    ModelReference,
+    NodeReference,
+    parse_model_reference,
+)
 from berth.domain.model_roots import outside_roots
 from berth.engines.registry import ENGINES
 from berth.models.presets import Preset, looks_like_a_name, preset_for
@@ -39,7 +45,8 @@ def wanted_format(engine: str | None) -> str | None:
 
 def model_source(model: str) -> Preset | ModelReference:
     """What `model` names on this node: a packaged preset, or a parsed reference (for a hub preset,
-    its hub reference). A reference that cannot name a model is a MODEL_LOADING_FAILURE."""
+    its hub reference; for `NODE:/path` with this node's id, a local path). A reference that cannot
+    name a model is a MODEL_LOADING_FAILURE."""
     preset = preset_for(model)
     if preset is not None and preset.source == "package":
         return preset
@@ -49,6 +56,9 @@ def model_source(model: str) -> Preset | ModelReference:
         source = parse_model_reference(reference, exists=exists)
     except BadModelReference as bad:
         raise failure_error(ErrorCode.MODEL_LOADING_FAILURE, str(bad)) from None
+    if isinstance(source, NodeReference) and source.node == Settings.from_env().node_id:
+        source = LocalReference(path=source.path)  # this node's own file: used in place
+        exists = True  # (checked against the roots below, whether it is there or not)
     if isinstance(source, LocalReference) and (exists or not looks_like_a_name(reference)):
         # (a bare word that is no file: a mistyped preset name, which the missing-model message names)
         refuse_outside_roots(source.path)

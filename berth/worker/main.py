@@ -26,6 +26,7 @@ from berth.common.gc_pauses import freeze_start_up_objects, freeze_survivors
 from berth.common.temporal_connection import connect
 from berth.common.temporal_options import check_or_exit
 from berth.domain.cluster import presence_task_queue
+from berth.node.file_server import start_file_server, stop_file_server  # files: NODE:/path copies
 from berth.node.gateway_certificate import certificate_path, ensure_certificate
 from berth.node.routes import adopt_route_files, write_gateway_config
 from berth.settings import CONTROL_TASK_QUEUE, Settings
@@ -133,6 +134,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         max_heartbeat_throttle_interval=timedelta(seconds=settings.node_grace_s / 4),
         graceful_shutdown_timeout=timedelta(seconds=1),
     )
+    files = await start_file_server(settings)  # files: this node's model files for other nodes (docs/models.md)
     try:
         async with control, node, presence:
             joining = asyncio.create_task(membership.run(stop))
@@ -145,6 +147,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             certifying.cancel()
             freezing.cancel()
     finally:
+        await stop_file_server(settings, files)  # files: its route goes with it
         withdraw_ready(settings)
 
 

@@ -11,7 +11,13 @@ import textwrap
 
 from berth.api.client import BerthApi
 from berth.api.cli_output import follow, outcome_text
-from berth.domain.model_reference import BadModelReference, HubReference, UrlReference, parse_model_reference
+from berth.domain.model_reference import (
+    BadModelReference,
+    HubReference,
+    UrlReference,
+    is_node_reference,
+    parse_model_reference,
+)
 from berth.domain.status import DeploymentStatus
 from berth.models.presets import looks_like_a_name, preset_for
 
@@ -24,10 +30,10 @@ STATUSES = [status.value for status in DeploymentStatus]
 
 def model_reference(model: str) -> str:
     """A local path made absolute (the worker may run elsewhere than here); URLs, hub references
-    (`hf:...`, or an `org/repo` that is no path here), and bare names with no file of that name
-    here (presets, or a typo the node names) as they are."""
+    (`hf:...`, or an `org/repo` that is no path here), another node's path (`NODE:/path`), and bare
+    names with no file of that name here (presets, or a typo the node names) as they are."""
     exists = os.path.exists(os.path.expanduser(model))
-    if model.startswith(REMOTE_PREFIXES) or (looks_like_a_name(model) and not exists):
+    if model.startswith(REMOTE_PREFIXES) or is_node_reference(model) or (looks_like_a_name(model) and not exists):
         return model
     try:
         if isinstance(parse_model_reference(model, exists=exists), HubReference):

@@ -22,7 +22,9 @@ def add(commands) -> None:
         commands, "deploy",
         "serve a model under a name",
         "Deploy MODEL: a local file or folder (made absolute here, used in place; it must lie in one "
-        "of the node's model roots, BERTH_MODEL_ROOTS); an http(s):// URL (downloaded, resumable; add "
+        "of the node's model roots, BERTH_MODEL_ROOTS; in a cluster of several nodes it names the file on the "
+        "API's node, and a node that runs it copies it from there); NODE:/abs/path, a file or model folder "
+        "on node NODE (copied to the node that runs it, sha256-checked); an http(s):// URL (downloaded, resumable; add "
         "#sha256=HEX to check it); a Hugging Face repo, hf:org/repo[@revision]"
         "[:file.gguf] or org/repo (berth picks Q4_K_M, else the smallest GGUF, or the safetensors set); or "
         f"a preset name: {', '.join(PRESETS)}. "
@@ -36,8 +38,8 @@ def add(commands) -> None:
     )
     deploy.add_argument(
         "model", metavar="MODEL",
-        help="model file/folder (inside the node's model roots, BERTH_MODEL_ROOTS), URL, hf:org/repo "
-        "reference, or preset",
+        help="model file/folder (inside the node's model roots, BERTH_MODEL_ROOTS), NODE:/abs/path on "
+        "another node, URL, hf:org/repo reference, or preset",
     )
     deploy.add_argument("--name", help="deployment name, a DNS label (default: from the file name)")
     deploy.add_argument("--engine", help=f"force an engine: {', '.join(ENGINES)} (default: auto)")

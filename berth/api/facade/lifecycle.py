@@ -29,7 +29,7 @@ from berth.api.facade.env_secrets import Sealer, masked
 from berth.api.facade.errors import BadRequest, Conflict, NotFound, Unavailable, rpc_error, validation_message
 from berth.api.facade.listing import DEFAULT_PAGE_SIZE, DeploymentListing, DeploymentPage, deployment_name
 from berth.api.facade.logs import MAX_TAIL, DeploymentLogs, marked_logs, read_log
-from berth.api.facade.model_paths import refuse_outside_roots
+from berth.api.facade.model_paths import qualify_model, refuse_outside_roots
 from berth.domain.spec import NAME_PATTERN, DeploymentSpec, SpecPatch
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus
@@ -100,8 +100,11 @@ class Deployments:
                 f"is for scale: POST /v1/deployments/{spec.name}/scale)"
             )
         refuse_outside_roots(spec, self.settings)
-        sealed = self._sealer.spec(spec)
         client = await self.client()
+        qualified = await qualify_model(spec.model, spec.node, client)  # a plain path, in a cluster: NODE:/path
+        if qualified != spec.model:
+            spec = spec.model_copy(update={"model": qualified})
+        sealed = self._sealer.spec(spec)
         for _ in range(2):
             try:
                 handle = await client.start_workflow(
@@ -248,6 +251,10 @@ class Deployments:
             refuse_outside_roots(patched, self.settings)
         except ValidationError as invalid:
             raise BadRequest(validation_message(invalid)) from None
+        if patch.model is not None:  # a plain path, in a cluster: NODE:/path
+            qualified = await qualify_model(patch.model, patched.node, await self.client())
+            if qualified != patch.model:
+                patch = patch.model_copy(update={"model": qualified})
         sealed = self._sealer.patch(name, patch)
         changes = sealed.model_dump(mode="json", exclude_unset=True)
         if changes and state.status is DeploymentStatus.DEPLOYED:
