@@ -1,8 +1,10 @@
 """The web console in a real browser (Debian's chromium under Playwright) against the session's real
 stack: log in with the link `berth up` printed, deploy through the form and watch the row reach
 DEPLOYED without a reload, a random-bytes model's failure in its row, its page and its logs,
-Change and retry with the suggested context, Stop; and a cross-site POST refused."""
+Change and retry with the suggested context, Stop; a cross-site POST refused; the Nodes page and a
+deployment's instances linking to their node."""
 
+import importlib.util
 import re
 import time
 
@@ -171,7 +173,7 @@ def test_the_console_is_usable_390_px_wide(browser, stack):
     context = browser.new_context(viewport={"width": 390, "height": 844})
     tab = context.new_page()
     tab.goto(login_link(stack.api_url, issue_login_code(stack.settings)))
-    for path in ("/ui/deployments", "/ui/deploy"):
+    for path in ("/ui/deployments", "/ui/nodes", "/ui/deploy"):
         tab.goto(f"{stack.api_url}{path}")
         width = tab.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)  # the table scrolls inside its box, the page does not
@@ -179,3 +181,31 @@ def test_the_console_is_usable_390_px_wide(browser, stack):
     assert tab.evaluate("document.activeElement.textContent") == "Skip to content"
     assert re.search(r"<label for=\"model\">", tab.content())
     context.close()
+
+
+# with the cluster workflow (berth.workflows.cluster, on the core branch) `berth up` joins its node
+HAS_CLUSTER_WORKFLOW = importlib.util.find_spec("berth.workflows.cluster") is not None
+
+
+def test_the_nodes_page_and_an_instances_node(page, stack, api, tiny_gguf, name):
+    assert api.post("/v1/deployments", json={"name": name, "model": str(tiny_gguf)}).status_code == 202
+    wait_for_api_status(api, name, {"DEPLOYED"}, timeout_s=DEPLOY_S / 1000)
+    page.goto(f"{stack.api_url}/ui/deployments/{name}")
+    page.locator("#detail a[href='/ui/nodes#node-test-node']").first.click()  # the instance's node
+    page.wait_for_url("**/ui/nodes#node-test-node")
+    assert page.locator("nav a[aria-current='page']").inner_text() == "Nodes"
+    if not HAS_CLUSTER_WORKFLOW:
+        page.locator("#nodes-why:has-text('No cluster view')").wait_for()
+        assert "No node has joined the cluster." in page.locator("#nodes").inner_text()
+    else:
+        node = page.locator("#nodes tr#node-test-node")
+        node.locator(".status:has-text('READY')").wait_for(timeout=30_000)
+        text = node.inner_text()
+        assert "test-node" in text and "MiB" in text or "GiB" in text
+        assert int(node.locator("td").nth(7).inner_text()) >= 1  # instances placed there, ours among them
+        # Drain asks first; dismissed, nothing is sent and the node stays READY
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        node.get_by_role("button", name="Drain").click()
+        time.sleep(1.5)
+        assert "READY" in node.locator(".status").inner_text()
+    api.post(f"/v1/deployments/{name}/stop")
