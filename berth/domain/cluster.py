@@ -37,6 +37,15 @@ NODE_PRESENCE = "node_presence"  # on berth-node-<id>: heartbeats until cancelle
 RESERVE_INSTANCE = "reserve_instance"  # local activity: the RESERVE_UPDATE, from a deployment workflow
 RELEASE_INSTANCE = "release_instance"  # local activity: the RELEASE_UPDATE, from a deployment workflow
 
+
+
+def presence_task_queue(node_id: str) -> str:
+    """The queue of a node's presence activity: its worker polls it with a worker of its own, whose
+    heartbeats are throttled to a quarter of the grace (the node queue's worker throttles to 0.8 x
+    each activity's heartbeat timeout, which would leave a presence heartbeat 1.6 s of slack)."""
+    return f"berth-presence-{node_id}"
+
+
 # Seconds without a presence heartbeat before a node is DOWN (BERTH_NODE_GRACE_S): a worker that
 # restarts within it moves nothing; after it, the node's instances are replaced elsewhere.
 DEFAULT_NODE_GRACE_S = 8.0
@@ -125,6 +134,12 @@ class Placement(BaseModel):
     gateway_url: str | None = None
     refusals: dict[str, str] = Field(default_factory=dict)  # node id -> why it did not fit
     routing: dict[str, str] = Field(default_factory=dict)  # node id -> gateway URL of every routing node
+    # no node fits now, but one that is DOWN or NOT_READY would: ask again when the nodes change
+    # (a deployment waits for its node rather than failing: a single node's worker restart, a pin)
+    retry: bool = False
+    # free bytes (capacity - reservations) of every node this deployment may use, after this answer:
+    # what the deployment's `scale` validator checks a count against
+    free: dict[str, int] = Field(default_factory=dict)
 
     @property
     def message(self) -> str:

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from berth.activities.cluster import node_presence, release_instance, reserve_instance
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import check_spec, place_deployment
@@ -23,16 +24,19 @@ from berth.activities.supervision import supervise
 from berth.common.api_token import load_api_token, token_path
 from berth.common.gc_pauses import freeze_start_up_objects, freeze_survivors
 from berth.common.temporal_connection import connect
+from berth.domain.cluster import presence_task_queue
 from berth.node.gateway_certificate import certificate_path, ensure_certificate
 from berth.node.routes import adopt_route_files, write_gateway_config
 from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
 from berth.worker import fault_injection
+from berth.worker.cluster_join import Membership
 from berth.worker.fault_injection import KillWorkerInterceptor
 from berth.worker.metrics_runtime import worker_runtime
 from berth.worker.open_files import raise_open_files_limit
 from berth.worker.reconcile import Reconciler
 from berth.worker.takeover import take_over_from_dead_workers
 from berth.worker.worker_ready import announce_ready, withdraw_ready
+from berth.workflows.cluster import ClusterWorkflow
 from berth.workflows.deployment import DeploymentWorkflow
 
 NODE_ACTIVITIES = [
@@ -100,8 +104,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     control = Worker(
         client,
         task_queue=CONTROL_TASK_QUEUE,
-        workflows=[DeploymentWorkflow],
-        activities=[place_deployment, check_spec],
+        workflows=[DeploymentWorkflow, ClusterWorkflow],
+        activities=[place_deployment, check_spec, reserve_instance, release_instance],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
         # a restarted worker takes over the workflows of the dead one after this (default 10 s)
@@ -116,12 +120,25 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         interceptors=[KillWorkerInterceptor(settings.home)] if fault_injection.enabled() else [],
     )
     reconciler = Reconciler(client, settings)
+    membership = Membership(client, settings, reconciler)
+    # the node's presence in the cluster (berth.workflows.cluster): a worker of its own, so that its
+    # heartbeats go every quarter of the grace (the node worker throttles them to 0.8 x the timeout)
+    presence = Worker(
+        client,
+        task_queue=presence_task_queue(settings.node_id),
+        activities=[node_presence],
+        max_concurrent_activities=8,
+        max_heartbeat_throttle_interval=timedelta(seconds=settings.node_grace_s / 4),
+        graceful_shutdown_timeout=timedelta(seconds=1),
+    )
     try:
-        async with control, node:
+        async with control, node, presence:
+            joining = asyncio.create_task(membership.run(stop))
             announcing = asyncio.create_task(announce_then_take_over(client, settings, stop))
             certifying = asyncio.create_task(give_gateway_a_certificate(settings))
             freezing = asyncio.create_task(freeze_survivors(stop))
             await reconciler.run_forever(reconcile_interval_s(), stop)
+            joining.cancel()
             announcing.cancel()
             certifying.cancel()
             freezing.cancel()
