@@ -202,7 +202,8 @@ def test_the_nodes_page_and_an_instances_node(page, stack, api, tiny_gguf, name)
         node.locator(".status:has-text('READY')").wait_for(timeout=30_000)
         text = node.inner_text()
         assert "test-node" in text and "MiB" in text or "GiB" in text
-        assert int(node.locator("td").nth(7).inner_text()) >= 1  # instances placed there, ours among them
+        placed = re.search(r'^berth_node_instances\{node="test-node"\} (\d+)$', api.get("/metrics").text, re.M)
+        assert placed and node.locator("td").nth(7).inner_text() == placed.group(1)  # instances placed there
         # Drain asks first; dismissed, nothing is sent and the node stays READY
         page.once("dialog", lambda dialog: dialog.dismiss())
         node.get_by_role("button", name="Drain").click()

@@ -10,6 +10,7 @@ it) running the config `berth up` wrote, as it is, and asked through its own HTT
 - `temporal workflow metadata` shows a FAILED deployment's summary, code and guidance.
 """
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -163,7 +164,21 @@ def test_the_node_metrics_come_from_the_cluster_workflow(observed):
     ready = 'berth_node_status{node="test-node", status="READY"}'
     prometheus.wait_for(f"{ready} == 1", lambda: prometheus.value(ready) == 1)
     assert (prometheus.value('berth_node_capacity_bytes{node="test-node"}') or 0) > 0
-    assert (prometheus.value('berth_node_instances{node="test-node"}') or 0) >= 2
+    # what the cluster workflow holds, as its own query answers it
+    with stack.api() as api:
+        text = api.get("/metrics").text
+    view = asyncio.run(_cluster_view(stack))
+    node = next(n for n in view.nodes if n.facts.node_id == "test-node")
+    assert f'berth_node_capacity_bytes{{node="test-node"}} {node.facts.capacity_bytes}' in text
+    assert f'berth_node_instances{{node="test-node"}} {len(node.instances)}' in text
+    assert f'berth_node_reserved_bytes{{node="test-node"}} {node.reserved_bytes}' in text
+
+
+async def _cluster_view(stack):
+    from berth.domain.cluster import CLUSTER_WORKFLOW_ID, NODES_QUERY, ClusterView
+
+    client = await stack.client()
+    return await client.get_workflow_handle(CLUSTER_WORKFLOW_ID).query(NODES_QUERY, result_type=ClusterView)
 
 
 def test_temporal_metadata_shows_a_failed_deployment(observed):
@@ -197,3 +212,32 @@ def test_metrics_needs_the_token(observed):
         assert api.get("/metrics").status_code == 403
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'berth_deployments{status="FAILED",engine="llamacpp"} 1' in answer.text
+
+
+@pytest.mark.skipif(not HAS_CLUSTER_WORKFLOW, reason="no cluster workflow in this tree (berth.workflows.cluster)")
+def test_a_drain_from_the_console_shows_in_the_node_status(observed):
+    """The console's Drain and Undrain (the cluster workflow's updates) on the stack's one node, seen
+    by Prometheus in berth_node_status and by the console's own table."""
+    import httpx
+
+    from berth.api.console import session as sessions
+
+    stack, prometheus = observed
+    token = stack.api_token()
+    with httpx.Client(base_url=stack.api_url, timeout=30) as console:
+        assert console.post("/ui/login", data={"token": token}).status_code == 303
+        csrf = sessions.csrf_token(token, console.cookies.get(sessions.COOKIE))
+        own = {"X-Berth-CSRF": csrf, "Sec-Fetch-Site": "same-origin"}
+        status = 'berth_node_status{node="test-node", status="%s"}'
+        try:
+            drained = console.post("/ui/api/nodes/test-node/drain", json={}, headers=own)
+            assert drained.status_code == 200 and drained.json()["status"] == "DRAINING", drained.text
+            prometheus.wait_for("DRAINING", lambda: prometheus.value(status % "DRAINING") == 1)
+            assert prometheus.value(status % "READY") == 0
+            assert "Undrain" in console.get("/ui/api/nodes").json()["html"]
+        finally:
+            undrained = console.post("/ui/api/nodes/test-node/undrain", json={}, headers=own)
+        assert undrained.status_code == 200 and undrained.json()["status"] == "READY", undrained.text
+        prometheus.wait_for("READY again", lambda: prometheus.value(status % "READY") == 1)
+        unknown = console.post("/ui/api/nodes/node-z/drain", json={}, headers=own)
+        assert unknown.status_code == 400 and "test-node" in unknown.json()["error"]["message"]

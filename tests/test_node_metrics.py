@@ -134,7 +134,7 @@ def test_node_rows():
     assert (a.status, a.status_class, a.action, a.since, a.instances) == ("READY", "ok", "drain", "5m", 1)
     assert (a.capacity, a.reserved, a.reserved_percent, a.ram, a.gpus) == ("8 GiB", "512 MiB", 6, "16 GiB", "none")
     assert (b.status_class, b.action, b.instances) == ("warn", "undrain", 2)
-    assert (c.status_class, c.reserved_percent, c.capacity) == ("bad", 0, "0 B")
+    assert (c.status_class, c.reserved_percent, c.capacity, c.action) == ("bad", 0, "0 B", "")
     assert (g.gpus, g.reserved_percent) == ("H100 (80 GiB)", 75)
     assert node_rows(None) == []
 

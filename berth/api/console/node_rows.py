@@ -18,6 +18,10 @@ STATUS_CLASS = {
 }
 
 
+# the button of a row: a DOWN node has nothing to drain (its instances were replaced already)
+ACTIONS = {NodeStatus.READY: "drain", NodeStatus.NOT_READY: "drain", NodeStatus.DRAINING: "undrain", NodeStatus.DOWN: ""}
+
+
 @dataclass
 class NodeRow:
     node_id: str
@@ -33,7 +37,7 @@ class NodeRow:
     reserved: str
     reserved_percent: int  # 0-100, of the capacity
     instances: int
-    action: str  # "drain" | "undrain"
+    action: str  # "drain" | "undrain" | "" (no button)
 
 
 def bytes_text(size: int) -> str:
@@ -80,7 +84,7 @@ def node_row(node: NodeView, now: datetime | None = None) -> NodeRow:
         reserved=bytes_text(node.reserved_bytes),
         reserved_percent=percent,
         instances=len(node.instances),
-        action="undrain" if node.status is NodeStatus.DRAINING else "drain",
+        action=ACTIONS[node.status],
     )
 
 
