@@ -9,7 +9,7 @@ from typing import get_args
 import pytest
 
 from berth.api.cli import ENGINES, build_parser, model_reference, name_from_model
-from berth.api.cli_output import failure_text, follow, last_transition_key, progress_text
+from berth.api.cli_output import failure_text, follow, last_transition_key, printable, progress_text, state_text, table
 from berth.domain.spec import EngineName
 from berth.testing.harness import RunningStack, free_port
 
@@ -228,3 +228,19 @@ def test_a_download_is_shown_as_a_bar_and_piped_once_per_tenth():
     code, _ = follow(lambda: next(answers), out, poll_s=0)
     bars = [line for line in out.getvalue().splitlines() if "downloading" in line]
     assert code == 0 and [line.split("]")[1].split("%")[0].strip() for line in bars] == ["0.0", "12.0", "96.0"]
+
+
+def test_terminal_controls_in_a_deployment_are_shown_never_obeyed():
+    """A model string or a message can come straight through Temporal: an escape sequence in it must
+    not recolour, retitle or reorder the user's terminal when `berth ls` / `status` prints it."""
+    hostile = "m\x1b]0;owned\x07\x1b[2J\u202egguf.exe"
+    listed = table([["demo", "FAILED", hostile]], header=["NAME", "STATUS", "MODEL"])
+    state = {
+        "name": "demo", "status": "FAILED", "spec": {"model": hostile},
+        "error": {"code": "RUNTIME_ERROR", "message": hostile, "guidance": "g", "log_lines": [hostile]},
+        "transitions": [{"at": None, "status": "FAILED", "detail": hostile}],
+    }
+    for text in (listed, state_text(state), failure_text(state)):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "\\x1b]0;owned\\x07" in text and "\\u202e" in text
+    assert printable("line one\n\tline two") == "line one\n\tline two"  # layout is kept

@@ -4,6 +4,7 @@ Works on the API's JSON (dicts), so the CLI stays a thin HTTP client.
 """
 
 import itertools
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -14,6 +15,17 @@ SUCCESS = frozenset({"DEPLOYED"})
 FAILURE = frozenset({"ERROR", "FAILED", "MUST_REDOWNLOAD"})
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 CLEAR_LINE = "\r\x1b[2K"
+
+
+# Terminal controls in what a deployment carries (a model string, an error message, a transition
+# detail can come straight through Temporal): C0/C1 controls but newline and tab, DEL, and the
+# bidirectional overrides that reorder what a person reads.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text as a terminal should show it: every control written out (\\x1b), never obeyed."""
+    return _CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 
 
 def clock(at: str | None) -> str:
@@ -27,7 +39,8 @@ def clock(at: str | None) -> str:
 
 
 def transition_line(transition: dict) -> str:
-    return f"{clock(transition.get('at'))}  {transition['status']:<15} {transition.get('detail', '')}".rstrip()
+    line = f"{clock(transition.get('at'))}  {transition['status']:<15} {transition.get('detail', '')}".rstrip()
+    return printable(line)
 
 
 def transition_key(transition: dict) -> tuple:
@@ -68,7 +81,7 @@ def failure_text(state: dict) -> str:
     if error.get("log_lines"):
         lines.append("  log lines that show it:")
         lines += [f"    | {line}" for line in error["log_lines"]]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def outcome_text(state: dict) -> str:
@@ -131,7 +144,7 @@ def state_text(state: dict, transitions: int = 5) -> str:
     recent = (state.get("transitions") or [])[-transitions:]
     if recent:
         text += ["", "recent transitions:"] + [f"  {transition_line(t)}" for t in recent]
-    return "\n".join(text)
+    return printable("\n".join(text))
 
 
 def instances_table(instances: list[dict]) -> str:
@@ -180,7 +193,7 @@ def progress_step(download: dict | None, steps: int = 10) -> int | None:
 
 
 def table(rows: Iterable[Iterable[str]], header: Iterable[str]) -> str:
-    rows = [[str(cell or "-") for cell in row] for row in rows]
+    rows = [[printable(str(cell or "-")) for cell in row] for row in rows]
     header = list(header)
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
