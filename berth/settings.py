@@ -3,7 +3,7 @@
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTROL_TASK_QUEUE = "berth"
@@ -94,6 +94,20 @@ def _grace(env: Mapping[str, str]) -> float:
     return grace
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"berth: {name}={raw!r} must be 1 or 0 (true or false)")
+
+
+def _path_env(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    return os.path.expanduser(raw) if raw else None
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -120,6 +134,17 @@ class Settings:
     files_port: int = 8084
     # the folders local models may be read from ($BERTH_HOME/models among them): BERTH_MODEL_ROOTS
     model_roots: tuple[Path, ...] = ()
+    # the Temporal client, for a Temporal cluster of your own (docs/configuration.md): its namespace,
+    # TLS (a server CA, a client certificate and key for mTLS, the name the server's certificate
+    # carries) and an API key; berth.common.temporal_options reads and checks the files
+    temporal_namespace: str = NAMESPACE
+    temporal_tls: bool = False
+    temporal_tls_ca: str | None = None
+    temporal_tls_cert: str | None = None
+    temporal_tls_key: str | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key_file: str | None = None
+    temporal_api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -139,7 +164,7 @@ class Settings:
             worker_metrics_port=_int_env(env, "BERTH_WORKER_METRICS_PORT", 9464),
             temporal_metrics_port=_int_env(env, "BERTH_TEMPORAL_METRICS_PORT", 7235),
             gateway_metrics_port=_int_env(env, "BERTH_GATEWAY_METRICS_PORT", 8082),
-            # a cluster elsewhere (docker-compose): where Temporal and the gateway really are
+            # a cluster elsewhere (docker-compose, `berth join`): where Temporal and the gateway really are
             temporal_address=env.get("BERTH_TEMPORAL_ADDRESS") or f"127.0.0.1:{temporal_port}",
             gateway_url=env.get("BERTH_GATEWAY_URL") or f"http://{node_address}:{gateway_port}",
             api_url=env.get("BERTH_API_URL") or f"http://127.0.0.1:{api_port}",
@@ -147,6 +172,14 @@ class Settings:
             node_address=node_address,
             node_grace_s=_grace(env),
             files_port=_int_env(env, "BERTH_FILES_PORT", 8084),
+            temporal_namespace=(env.get("BERTH_TEMPORAL_NAMESPACE") or "").strip() or NAMESPACE,
+            temporal_tls=_flag(env, "BERTH_TEMPORAL_TLS"),
+            temporal_tls_ca=_path_env(env, "BERTH_TEMPORAL_TLS_CA"),
+            temporal_tls_cert=_path_env(env, "BERTH_TEMPORAL_TLS_CERT"),
+            temporal_tls_key=_path_env(env, "BERTH_TEMPORAL_TLS_KEY"),
+            temporal_tls_server_name=(env.get("BERTH_TEMPORAL_TLS_SERVER_NAME") or "").strip() or None,
+            temporal_api_key_file=_path_env(env, "BERTH_TEMPORAL_API_KEY_FILE"),
+            temporal_api_key=(env.get("BERTH_TEMPORAL_API_KEY") or "").strip() or None,
         )
 
     @property

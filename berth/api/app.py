@@ -6,13 +6,14 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from berth.api import routes_deployments, routes_engines, routes_keys, routes_metrics, routes_plan
+from berth.api import routes_deployments, routes_engines, routes_keys, routes_metrics, routes_nodes, routes_plan
 from berth.api.auth_check import AuthCheck, check_answer, identify
 from berth.api.console import install_console
 from berth.api.dependencies import bearer_scheme
 from berth.common.api_token import ensure_api_token
 from berth.api.errors import ApiError, ErrorBody, install_error_handlers
 from berth.api.facade import Deployments
+from berth.api.facade.nodes import Nodes
 from berth.api.inference_keys import KeyStore
 from berth.api.limits import BodySizeLimit, RequestLimits
 from berth.domain.spec import NAME_PATTERN
@@ -48,6 +49,7 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.state.settings = settings
     app.state.token = token or ensure_api_token(settings)
     app.state.deployments = facade or Deployments(settings)
+    app.state.nodes = Nodes(app.state.deployments)  # the cluster workflow, through the same client
     app.state.keys = KeyStore(settings.home)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
@@ -59,6 +61,7 @@ def create_app(settings: Settings, facade: Deployments | None = None, token: str
     app.include_router(routes_metrics.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_plan.router)
+    app.include_router(routes_nodes.router)
     install_console(app)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The API process is up (no token)")

@@ -110,6 +110,18 @@ class BerthApi:
 
     # ---- plumbing -------------------------------------------------------------------------------
 
+    def nodes(self) -> dict:
+        return self._call("GET", "/v1/nodes")
+
+    def node(self, node_id: str) -> dict:
+        return self._call("GET", f"/v1/nodes/{_segment(node_id)}")
+
+    def drain(self, node_id: str) -> dict:
+        return self._call("POST", f"/v1/nodes/{_segment(node_id)}/drain")
+
+    def undrain(self, node_id: str) -> dict:
+        return self._call("POST", f"/v1/nodes/{_segment(node_id)}/undrain")
+
     def _call(self, method: str, path: str, **kwargs) -> Any:
         import httpx
 
@@ -131,3 +143,10 @@ class BerthApi:
         if response.status_code == 401 and not self.token:
             message = f"no API token: {self.token_hint}"
         raise ApiRequestError(response.status_code, code, message)
+
+
+def _segment(value: str) -> str:
+    """One path segment, whatever the value holds ('/', '..', '?'): the API then refuses the value."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")

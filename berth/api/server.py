@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from berth.common.http_check import answers_ok
 from berth.common.gc_pauses import freeze_start_up_objects
+from berth.common.temporal_options import check_or_exit
 from berth.settings import Settings
 
 API_HOST = "127.0.0.1"
@@ -46,6 +47,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s api %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
+    check_or_exit(settings)  # a BERTH_TEMPORAL_* file missing: say so at start, not at the first request
     settings.ensure_dirs()
     app = create_app(settings)
     config = uvicorn.Config(

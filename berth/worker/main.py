@@ -24,10 +24,11 @@ from berth.activities.supervision import supervise
 from berth.common.api_token import load_api_token, token_path
 from berth.common.gc_pauses import freeze_start_up_objects, freeze_survivors
 from berth.common.temporal_connection import connect
+from berth.common.temporal_options import check_or_exit
 from berth.domain.cluster import presence_task_queue
 from berth.node.gateway_certificate import certificate_path, ensure_certificate
 from berth.node.routes import adopt_route_files, write_gateway_config
-from berth.settings import CONTROL_TASK_QUEUE, NAMESPACE, Settings
+from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.worker import fault_injection
 from berth.worker.cluster_join import Membership
 from berth.worker.fault_injection import KillWorkerInterceptor
@@ -176,7 +177,7 @@ async def polling(client: Client, settings: Settings) -> bool:
         (settings.node_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
     ):
         response = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(namespace=NAMESPACE, task_queue=TaskQueue(name=queue), task_queue_type=kind)
+            DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind)
         )
         if not any(poller.identity == client.identity for poller in response.pollers):
             return False
@@ -207,6 +208,7 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(Settings.from_env(), stop)
 
+    check_or_exit(Settings.from_env())  # a BERTH_TEMPORAL_* file missing: say so, no traceback
     raise_open_files_limit()
     freeze_start_up_objects()
     asyncio.run(_run())

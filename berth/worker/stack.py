@@ -16,38 +16,33 @@ which needs the Docker SDK) is imported on the way down, while the worker is sto
 import asyncio
 import os
 import signal
-import socket
 import sys
-import threading
-import time
 
 from berth.common.api_token import TOKEN_ENV, ensure_api_token, token_path
+from berth.common.cluster_token import CLUSTER_TOKEN_ENV, cluster_token_path, ensure_cluster_token
 from berth.common.console_login import issue_login_code, login_link
 from berth.common.sealing import SealError, ensure_key
-from berth.api.server import api_ready, api_url
-from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, NAMESPACE, Settings
-from berth.worker.gateway import gateway_argv, gateway_ready
+from berth.common.temporal_options import custom_options_set
+from berth.api.server import api_host, api_ready, api_url
+from berth.settings import API_NODE_ENV, CONTROL_TASK_QUEUE, Settings
+from berth.worker.gateway import gateway_argv
 from berth.worker.processes import ManagedProcess
 from berth.worker.prometheus_config import write_prometheus_config
-from berth.worker.temporal_server import temporal_answers, temporal_argv, temporal_env
+from berth.worker.supervisor import (  # noqa: F401 - START_TIMEOUT_S, max_restarts_per_minute: their old home
+    START_TIMEOUT_S,
+    StackError,
+    Supervisor,
+    gateway_answers,
+    gateway_bind,
+    max_restarts_per_minute,
+)
+from berth.worker.temporal_server import temporal_answers, temporal_argv, temporal_bind, temporal_env
 from berth.worker.worker_ready import worker_ready
 
-START_TIMEOUT_S = 60
-MAX_RESTARTS_PER_MINUTE = 5  # BERTH_MAX_RESTARTS_PER_MINUTE overrides it
 
-
-def max_restarts_per_minute() -> int:
-    return int(os.environ.get("BERTH_MAX_RESTARTS_PER_MINUTE") or MAX_RESTARTS_PER_MINUTE)
-
-
-class StackError(RuntimeError):
-    pass
-
-
-class Stack:
+class Stack(Supervisor):
     def __init__(self, settings: Settings, out=sys.stdout):
-        self.settings = settings
-        self.out = out
+        super().__init__(settings, out)
         logs = settings.logs_dir
         self.temporal = ManagedProcess("temporal", temporal_argv(settings), logs / "temporal.log", temporal_env())
         self.gateway = ManagedProcess("traefik", gateway_argv(settings), logs / "traefik.log")
@@ -59,18 +54,22 @@ class Stack:
             {API_NODE_ENV: settings.node_id},  # beside this node: it checks model paths against its roots
         )
         self.processes = [self.temporal, self.gateway, self.worker, self.api]
-        self._restart_times: dict[str, list[float]] = {}
         self.prometheus_config = None
-
-    def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
 
     # ---- start ----------------------------------------------------------------------------------
 
     async def start(self) -> float:
-        started = time.monotonic()
+        started = asyncio.get_running_loop().time()
+        refused = custom_options_set(self.settings)
+        if refused:
+            raise StackError(
+                f"{', '.join(refused)}: `berth up` runs its own Temporal dev server, which has no TLS and "
+                "no API key; these options are for a Temporal cluster of your own, reached by `berth join`, "
+                "`berth worker` and the API with BERTH_TEMPORAL_ADDRESS (docs/cluster.md). Unset them."
+            )
         self._check_ports_free()
         ensure_api_token(self.settings)  # before the API starts: it serves with this token
+        ensure_cluster_token(self.settings)  # the nodes that join share it (docs/cluster.md)
         try:  # the key the API seals env values with and the worker opens them with
             ensure_key(self.settings)
         except SealError as error:
@@ -78,46 +77,24 @@ class Stack:
         self.prometheus_config = write_prometheus_config(self.settings)
         for process in self.processes:
             process.start()  # all at once: the worker retries until Temporal answers
-        await self._wait("Temporal", lambda: temporal_answers(self.settings), self.temporal)
-        await self._wait("Traefik", lambda: gateway_ready(self.settings), self.gateway)
+        await self.wait_for("Temporal", lambda: temporal_answers(self.settings), self.temporal)
+        await self.wait_for("Traefik", lambda: gateway_answers(self.settings), self.gateway)
         # the worker connects to Temporal and waits until Temporal lists it polling both queues
-        await self._wait("the berth worker", lambda: worker_ready(self.settings, self.worker.pid), self.worker)
-        await self._wait("the berth API", lambda: api_ready(self.settings), self.api)
-        return time.monotonic() - started
+        await self.wait_for("the berth worker", lambda: worker_ready(self.settings, self.worker.pid), self.worker)
+        await self.wait_for("the berth API", lambda: api_ready(self.settings), self.api)
+        return asyncio.get_running_loop().time() - started
 
     def _check_ports_free(self) -> None:
-        for what, port in (
-            ("Temporal (BERTH_TEMPORAL_PORT)", self.settings.temporal_port),
-            ("the Temporal UI (BERTH_UI_PORT)", self.settings.ui_port),
-            ("the gateway (BERTH_GATEWAY_PORT)", self.settings.gateway_port),
-            ("the berth API (BERTH_API_PORT)", self.settings.api_port),
-            ("the worker's metrics (BERTH_WORKER_METRICS_PORT)", self.settings.worker_metrics_port),
-            ("Temporal's metrics (BERTH_TEMPORAL_METRICS_PORT)", self.settings.temporal_metrics_port),
-            ("the gateway's metrics (BERTH_GATEWAY_METRICS_PORT)", self.settings.gateway_metrics_port),
-        ):
-            if not port:  # 0: that endpoint is off
-                continue
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    raise StackError(
-                        f"port {port} for {what} is already in use: is another `berth up` running? "
-                        "Stop it, or set that variable to a free port."
-                    ) from None
-
-    async def _wait(self, what: str, check, process: ManagedProcess) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not check():
-            if not process.running():
-                raise StackError(
-                    f"{what} exited with status {process.exit_code()} while starting; "
-                    f"its log ({process.log_path}) ends with:\n{process.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise StackError(f"{what} did not answer within {START_TIMEOUT_S} s; see {process.log_path}")
-            await asyncio.sleep(0.02)
+        s = self.settings
+        self.check_ports_free([
+            ("Temporal (BERTH_TEMPORAL_PORT)", temporal_bind(), s.temporal_port),
+            ("the Temporal UI (BERTH_UI_PORT)", temporal_bind(), s.ui_port),
+            ("the gateway (BERTH_GATEWAY_PORT)", *gateway_bind(s)),
+            ("the berth API (BERTH_API_PORT)", api_host(), s.api_port),
+            ("the worker's metrics (BERTH_WORKER_METRICS_PORT)", "127.0.0.1", s.worker_metrics_port),
+            ("Temporal's metrics (BERTH_TEMPORAL_METRICS_PORT)", "127.0.0.1", s.temporal_metrics_port),
+            ("the gateway's metrics (BERTH_GATEWAY_METRICS_PORT)", "127.0.0.1", s.gateway_metrics_port),
+        ], "is another `berth up` running?")
 
     def print_summary(self, took_s: float) -> None:
         s = self.settings
@@ -127,12 +104,35 @@ class Stack:
             f"  API          {api_url(s)} (docs at /docs; token in {self._token_source()})\n"
             f"  console      {self._console_link()} (one-time link; `berth ui` prints another)\n"
             f"  Temporal UI  http://127.0.0.1:{s.ui_port}\n"
-            f"  Temporal     {s.temporal_address} (namespace {NAMESPACE}, task queues "
+            f"  Temporal     {s.temporal_address} (namespace {s.temporal_namespace}, task queues "
             f"{CONTROL_TASK_QUEUE} and {s.node_queue})\n"
             f"  Prometheus   prometheus --config.file={self.prometheus_config}\n"
             f"  home         {s.home}\n"
+            f"  node         {s.node_id} at {s.node_address}; another machine joins with:\n"
+            f"               {self.join_command()}\n"
             "Ctrl-C stops berth and its engines; deployments come back on the next `berth up`."
         )
+
+    def join_command(self) -> str:
+        """How another machine joins this berth (docs/cluster.md), naming the token's file, never the token."""
+        s = self.settings
+        if os.environ.get(CLUSTER_TOKEN_ENV):
+            token = f"{CLUSTER_TOKEN_ENV}=<the {CLUSTER_TOKEN_ENV} given to this node>"
+        else:
+            token = f"{CLUSTER_TOKEN_ENV}=<the content of {cluster_token_path(s)}>"
+        temporal = s.temporal_address
+        if temporal_bind() != "127.0.0.1" and temporal.startswith("127.0.0.1:"):
+            temporal = f"{s.node_address}:{s.temporal_port}"
+        command = (
+            f"BERTH_TEMPORAL_ADDRESS={temporal} BERTH_API_URL={api_url(s)} {token} "
+            "BERTH_NODE_ID=<its id> BERTH_NODE_ADDRESS=<its address> berth join"
+        )
+        if temporal.startswith("127.") or api_url(s).startswith("http://127."):
+            command += (
+                "\n               (from this machine only: Temporal or the API listens on loopback; for other "
+                "machines see docs/cluster.md)"
+            )
+        return command
 
     def _console_link(self) -> str:
         """A one-time login link for the web console (berth.common.console_login)."""
@@ -141,53 +141,14 @@ class Stack:
     def _token_source(self) -> str:
         return TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(self.settings))
 
-    # ---- run ------------------------------------------------------------------------------------
-
-    async def watch(self, stop: asyncio.Event) -> None:
-        """Restart a piece that died, unless it keeps dying."""
-        while not stop.is_set():
-            for process in self.processes:
-                if not process.running() and not stop.is_set():
-                    self._restart(process)
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
-
-    def _restart(self, process: ManagedProcess) -> None:
-        now = time.monotonic()
-        recent = [t for t in self._restart_times.get(process.name, []) if now - t < 60] + [now]
-        self._restart_times[process.name] = recent
-        if len(recent) > max_restarts_per_minute():
-            raise StackError(
-                f"{process.name} died {len(recent)} times in a minute; giving up. Its log "
-                f"({process.log_path}) ends with:\n{process.log_tail()}"
-            )
-        self.say(f"berth: {process.name} exited with status {process.exit_code()}; restarting it")
-        process.restarts += 1
-        process.start()
-
     # ---- stop -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """API, then worker (so that no activity sees its engine die), then engines, router, Temporal."""
-        importing = _import_in_background("berth.node.engine_launch")  # while the worker stops
         self.api.stop()
-        self.worker.stop(grace_s=10)
-        importing.join()
-        from berth.node.engine_launch import stop_all_for_node_shutdown
-
-        stopped = stop_all_for_node_shutdown(self.settings)
-        if stopped:
-            self.say(f"berth: stopped {stopped} engine(s); their deployments come back on the next `berth up`")
+        self.stop_worker_then_engines(self.worker, "their deployments come back on the next `berth up`")
         self.gateway.stop()
         self.temporal.stop()
-
-
-def _import_in_background(module: str) -> threading.Thread:
-    thread = threading.Thread(target=__import__, args=(module,), daemon=True)
-    thread.start()
-    return thread
 
 
 async def run_stack(settings: Settings, on_ready=None) -> int:

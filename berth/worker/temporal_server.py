@@ -89,11 +89,28 @@ def temporal_binary() -> str:
     return found
 
 
+TEMPORAL_BIND_ENV = "BERTH_TEMPORAL_BIND"
+
+
+def temporal_bind(env=os.environ) -> str:
+    """Where `berth up`'s Temporal listens: 127.0.0.1, or 0.0.0.0 (BERTH_TEMPORAL_BIND)."""
+    raw = (env.get(TEMPORAL_BIND_ENV) or "").strip() or "127.0.0.1"
+    if raw not in ("127.0.0.1", "0.0.0.0", "::"):
+        raise SystemExit(
+            f"berth: {TEMPORAL_BIND_ENV}={raw!r}: the embedded Temporal listens on 127.0.0.1 (default) or on "
+            "every interface (0.0.0.0, for nodes on other machines: docs/cluster.md says what to protect)"
+        )
+    return raw
+
+
 def temporal_argv(settings: Settings) -> list[str]:
     argv = [
         temporal_binary(), "server", "start-dev",
         "--db-filename", str(settings.home / DB_FILE),
-        "--ip", "127.0.0.1",
+        # loopback unless BERTH_TEMPORAL_BIND says otherwise (0.0.0.0: the nodes of other machines
+        # join through it; docs/cluster.md). Not one address of 127.0.0.0/8 other than 127.0.0.1 or
+        # a LAN address alone: the dev server's own services dial it at 127.0.0.1.
+        "--ip", temporal_bind(),
         "--port", str(settings.temporal_port),
         "--ui-port", str(settings.ui_port),
         "--log-level", "error",

@@ -10,7 +10,7 @@ declared through common.command: help, description, example); COMMANDS lists the
 import argparse
 import sys
 
-from berth.api.cli import deploy, engines, keys, logs, ls, retry, scale, status, stop, ui, up, worker
+from berth.api.cli import deploy, engines, join, keys, logs, ls, nodes, retry, scale, status, stop, ui, up, worker
 from berth.api.cli.common import ENGINES, STATUSES, deployment_spec, model_reference, name_from_model, say
 from berth.api.client import ApiRequestError, ApiUnreachable
 
@@ -25,7 +25,7 @@ Start with `berth up` (it runs everything); in another terminal, `berth deploy M
 
 COMMANDS = [
     up.add, deploy.add, ls.add, status.add, logs.add, stop.add, retry.add, scale.add, engines.add, keys.add, ui.add,
-    worker.add,
+    join.add, nodes.add_nodes, nodes.add_drain, nodes.add_undrain, worker.add,
 ]
 
 

@@ -16,7 +16,7 @@ from berth.domain.guidance import GuidanceFacts, guidance_for
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus, InstanceStatus
 from berth.domain.temporal_names import workflow_id
-from berth.settings import NAMESPACE, Settings
+from berth.settings import Settings
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 PAGE_SIZE = 50
@@ -50,7 +50,7 @@ def rows_html(request: Request, rows: list[Row]) -> str:
 
 
 def temporal_ui_url(settings: Settings, name: str) -> str:
-    return f"http://127.0.0.1:{settings.ui_port}/namespaces/{NAMESPACE}/workflows/{workflow_id(name)}"
+    return f"http://127.0.0.1:{settings.ui_port}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id(name)}"
 
 
 @dataclass
