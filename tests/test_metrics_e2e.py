@@ -240,4 +240,4 @@ def test_a_drain_from_the_console_shows_in_the_node_status(observed):
         assert undrained.status_code == 200 and undrained.json()["status"] == "READY", undrained.text
         prometheus.wait_for("READY again", lambda: prometheus.value(status % "READY") == 1)
         unknown = console.post("/ui/api/nodes/node-z/drain", json={}, headers=own)
-        assert unknown.status_code == 400 and "test-node" in unknown.json()["error"]["message"]
+        assert unknown.status_code == 404 and "test-node" in unknown.json()["error"]["message"]

@@ -305,7 +305,7 @@ async def test_the_nodes_page_without_a_cluster_says_why(temporal, tmp_path):
         drained = await http.post(
             "/ui/api/nodes/node-a/drain", json={}, headers={"X-Berth-CSRF": csrf, "Sec-Fetch-Site": "same-origin"}
         )
-        assert drained.status_code == 404 and "no cluster workflow" in drained.json()["error"]["message"]
+        assert drained.status_code == 503 and "is not running" in drained.json()["error"]["message"]
 
 
 async def test_one_query_per_scrape_at_most_and_the_nodes_at_metrics(temporal, tmp_path):
@@ -385,9 +385,9 @@ async def test_the_nodes_page_lists_and_drains(temporal, tmp_path):
                 undrained = await http.post("/ui/api/nodes/node-a/undrain", json={}, headers=own)
                 assert undrained.json()["status"] == "READY"
 
-                # an unknown node: the validator's refusal with the known ones; a malformed id never reaches Temporal
+                # an unknown node: 404 naming the known ones; a malformed id never reaches Temporal
                 unknown = await http.post("/ui/api/nodes/node-z/drain", json={}, headers=own)
-                assert unknown.status_code == 400 and "node-a" in unknown.json()["error"]["message"]
+                assert unknown.status_code == 404 and "node-a" in unknown.json()["error"]["message"]
                 for bad in ("NODE-A", "a" * 64, "-x", "x%20y", "%3Cscript%3E"):
                     refused = await http.post(f"/ui/api/nodes/{bad}/drain", json={}, headers=own)
                     assert refused.status_code in (400, 404), (bad, refused.text)
