@@ -67,6 +67,21 @@ DEFAULT_IS_RIGHT = {
     "BERTH_API_NODE": "set by `berth up` on its API; compose's API shares no files with the node, which checks paths",
     "BERTH_ALLOW_UNSAFE_ENV": "off: env names that change how the engine loads code are refused (docs/security.md)",
     "BERTH_ALLOW_UNSAFE_ENGINE_ARGS": "off: engine flags that load code from outside the model are refused",
+    # the cluster (docs/cluster.md; docker-compose.node.yml runs the other machines)
+    "BERTH_CLUSTER_TOKEN": "one machine needs none; a cluster sets the same one on every machine (the node file requires it)",
+    "BERTH_NODE_ADDRESS": "127.0.0.1 on one machine; each machine of a cluster sets its own",
+    "BERTH_NODE_GRACE_S": "8 s before a silent node is DOWN (docs/cluster.md)",
+    "BERTH_FILES_PORT": "8084 on the host's loopback (the worker uses the host's network)",
+    "BERTH_DRAIN_TIMEOUT_S": "read by `berth join` only; compose nodes are drained with `berth drain --wait`",
+    "BERTH_TEMPORAL_BIND": "only `berth up`'s embedded dev server; compose publishes Temporal with BERTH_TEMPORAL_PUBLISH",
+    "BERTH_TEMPORAL_NAMESPACE": "compose's Temporal has the namespace `default`; the node file passes it for a Temporal of your own",
+    "BERTH_TEMPORAL_TLS": "compose's Temporal speaks plain gRPC on its network; the node file passes the TLS options",
+    "BERTH_TEMPORAL_TLS_CA": "as BERTH_TEMPORAL_TLS",
+    "BERTH_TEMPORAL_TLS_CERT": "as BERTH_TEMPORAL_TLS",
+    "BERTH_TEMPORAL_TLS_KEY": "as BERTH_TEMPORAL_TLS",
+    "BERTH_TEMPORAL_TLS_SERVER_NAME": "as BERTH_TEMPORAL_TLS",
+    "BERTH_TEMPORAL_API_KEY": "as BERTH_TEMPORAL_TLS (the node file takes the key from a file: BERTH_TEMPORAL_API_KEY_FILE)",
+    "BERTH_TEMPORAL_API_KEY_FILE": "as BERTH_TEMPORAL_TLS",
 }
 # What each berth service must be told (its defaults would be wrong in a container).
 NEEDED = {

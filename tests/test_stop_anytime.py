@@ -24,12 +24,12 @@ from temporalio.worker import Worker
 
 from berth.activities.placement import check_spec
 from berth.node.ports import registry
+from berth.domain.cluster import RELEASE_INSTANCE, RESERVE_INSTANCE, Placement, ReleaseRequest, ReserveRequest
 from berth.domain.pipeline import (
     ALLOCATE_PORT,
     AWAIT_READY,
     CONFIGURE_ROUTE,
     LAUNCH_ENGINE,
-    PLACE_DEPLOYMENT,
     PREPARE_FILES,
     RELEASE_PORT,
     REMOVE_ROUTE,
@@ -301,9 +301,13 @@ class StandIns:
             await self.release.wait()
 
     def activities(self) -> list:
-        @activity.defn(name=PLACE_DEPLOYMENT)
-        async def place(node: str | None) -> str:
-            return self.NODE
+        @activity.defn(name=RESERVE_INSTANCE)
+        async def place(request: ReserveRequest, call_id: str) -> Placement:
+            return Placement(node=self.NODE, routing={self.NODE: "http://gateway"})
+
+        @activity.defn(name=RELEASE_INSTANCE)
+        async def release(request: ReleaseRequest, call_id: str) -> None:
+            pass
 
         @activity.defn(name=ALLOCATE_PORT)
         async def allocate(request: PortRequest) -> int:
@@ -356,7 +360,7 @@ class StandIns:
         async def release_port(request: PortRequest) -> None:
             pass
 
-        return [place, allocate, route, files, launch, ready, supervise, stop_engine,
+        return [place, release, allocate, route, files, launch, ready, supervise, stop_engine,
                 remove_route, release_port]
 
 
@@ -379,9 +383,9 @@ async def test_stop_during_each_pipeline_step(standin_env, step):
     name = f"held-{step.replace('_', '-')}"
     control = Worker(
         client, task_queue=CONTROL_TASK_QUEUE, workflows=[DeploymentWorkflow],
-        activities=[*standins.activities()[:1], check_spec],  # the real check_spec
+        activities=[*standins.activities()[:2], check_spec],  # the real check_spec
     )
-    node = Worker(client, task_queue=node_task_queue(StandIns.NODE), activities=standins.activities()[1:])
+    node = Worker(client, task_queue=node_task_queue(StandIns.NODE), activities=standins.activities()[2:])
     async with control, node:
         handle = await client.start_workflow(
             WORKFLOW_TYPE, DeploymentInput(spec=DeploymentSpec(name=name, model="/models/m.gguf")),
@@ -416,9 +420,9 @@ async def test_retry_during_a_pipeline_step_is_not_lost(standin_env):
     name = "held-retry"
     control = Worker(
         client, task_queue=CONTROL_TASK_QUEUE, workflows=[DeploymentWorkflow],
-        activities=[*standins.activities()[:1], check_spec],  # the real check_spec
+        activities=[*standins.activities()[:2], check_spec],  # the real check_spec
     )
-    node = Worker(client, task_queue=node_task_queue(StandIns.NODE), activities=standins.activities()[1:])
+    node = Worker(client, task_queue=node_task_queue(StandIns.NODE), activities=standins.activities()[2:])
     async with control, node:
         handle = await client.start_workflow(
             WORKFLOW_TYPE, DeploymentInput(spec=DeploymentSpec(name=name, model="/models/m.gguf")),

@@ -1,20 +1,14 @@
-"""The control plane's local activities, run by the worker that runs the workflow task (queue
-`berth`): place_deployment (which node; one machine today: the node of the worker that asks) and
-check_spec (does berth run this spec at all)."""
+"""The control plane's local activity check_spec (does berth run this spec at all), run by the worker
+that runs the workflow task (queue `berth`). Which node an instance runs on is the cluster's answer
+(berth.activities.cluster.reserve_instance)."""
 
 import os
 
 from temporalio import activity
 
 from berth.domain.errors import ErrorCode, Failure
-from berth.domain.pipeline import CHECK_SPEC, PLACE_DEPLOYMENT, SpecCheck
+from berth.domain.pipeline import CHECK_SPEC, SpecCheck
 from berth.engines.engine_args import spec_refusal
-from berth.settings import Settings
-
-
-@activity.defn(name=PLACE_DEPLOYMENT)
-async def place_deployment(requested_node: str | None) -> str:
-    return requested_node or Settings.from_env().node_id
 
 
 @activity.defn(name=CHECK_SPEC)

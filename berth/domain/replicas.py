@@ -3,12 +3,13 @@
 - what the deployment's status becomes when one instance reports a change,
 - which instances are the servers of the deployment's route,
 - which instance a scale down takes first,
-- whether N instances fit the node's memory.
+- whether N instances fit the node's memory, and the cluster's (as of its last answer).
 """
 
 from collections.abc import Collection, Sequence
 
 from berth.domain.hardware import gib
+from berth.domain.pipeline import RouteServer
 from berth.domain.spec import MAX_REPLICAS
 from berth.domain.state import InstanceState
 from berth.domain.status import DeploymentStatus, InstanceStatus
@@ -52,6 +53,17 @@ def route_ports(instances: Sequence[InstanceState], leaving: Collection[str] = (
     return sorted(instance.port for instance in candidates if instance.status in _ALIVE)
 
 
+def route_servers(instances: Sequence[InstanceState], leaving: Collection[str] = ()) -> list[RouteServer]:
+    """route_ports' rule, with each server's instance and node (the route on every gateway)."""
+    candidates = [instance for instance in instances if instance.instance_id not in leaving and instance.port and instance.node]
+    serving = [instance for instance in candidates if instance.status is InstanceStatus.DEPLOYED]
+    chosen = serving or [instance for instance in candidates if instance.status in _ALIVE]
+    return sorted(
+        (RouteServer(instance_id=instance.instance_id, node=instance.node, port=instance.port) for instance in chosen),
+        key=lambda server: (server.node, server.port, server.instance_id),
+    )
+
+
 def scale_down_order(instances: Sequence[InstanceState]) -> list[InstanceState]:
     """Which instances a scale down takes, first to last: those that do not serve (newest first),
     then those that serve, newest first (`instances` is oldest first)."""
@@ -69,6 +81,22 @@ def scale_refusal(replicas: int, per_instance_bytes: int | None, budget_bytes: i
     if replicas > MAX_REPLICAS:
         return f"replicas must be at most {MAX_REPLICAS} (got {replicas}): see docs/replicas.md"
     return memory_refusal(replicas, per_instance_bytes, budget_bytes)
+
+
+def cluster_refusal(replicas: int, current: int, per_instance_bytes: int | None, free: dict[str, int]) -> str | None:
+    """Why `replicas` instances cannot run beside the `current` ones, by the free memory per node of the
+    cluster's last answer (None: they can, or nothing is known yet). Each node holds whole instances."""
+    if not per_instance_bytes or not free or replicas <= current:
+        return None
+    room = sum(bytes_free // per_instance_bytes for bytes_free in free.values())
+    if replicas - current <= room:
+        return None
+    nodes = ", ".join(f"{node}: {gib(bytes_free)}" for node, bytes_free in sorted(free.items()))
+    return (
+        f"{replicas} instances do not fit the cluster's memory: each needs {gib(per_instance_bytes)}; "
+        f"{current} are placed, and the nodes had room for {room} more at the cluster's last answer "
+        f"(free: {nodes}); at most {current + room} fit"
+    )
 
 
 def memory_refusal(replicas: int, per_instance_bytes: int | None, budget_bytes: int | None) -> str | None:

@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field, computed_field
 
 from berth.domain.errors import ErrorCode
+from berth.domain.pipeline import RouteServer
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus, InstanceStatus
 
@@ -47,7 +48,10 @@ class InstanceState(BaseModel):
     """One instance of the deployment: one engine on one node, with its own restart budget."""
 
     instance_id: str
-    node: str
+    node: str = Field("", description="the node it runs on ('' until the cluster placed it)")
+    reserved_bytes: int | None = Field(
+        None, description="memory the cluster reserved for it on its node (None: no reservation held)"
+    )
     status: InstanceStatus = InstanceStatus.REQUESTED
     port: int | None = None
     pid: int | None = None
@@ -85,6 +89,22 @@ class DeploymentState(BaseModel):
     )
     memory_per_instance: int | None = Field(None, description="bytes each instance is planned to use")
     memory_budget: int | None = Field(None, description="bytes berth's engines may use on the node")
+    replaced: int = Field(
+        0, description="instances replaced on another node because theirs was lost (DOWN) or drained: "
+        "a restart of the deployment's replica, not of its engine"
+    )
+    routing: dict[str, str] = Field(
+        default_factory=dict, description="the nodes whose gateways carry the route: node id -> gateway URL"
+    )
+    route_servers: list[RouteServer] | None = Field(
+        None, description="the route's servers on every node, as the gateways hold them (None: not known)"
+    )
+    route_nodes: list[str] = Field(default_factory=list, description="the gateways that took the route last")
+    cluster_free: dict[str, int] = Field(
+        default_factory=dict,
+        description="free memory per node (capacity - reservations) at the cluster's last answer: what "
+        "`scale` checks a count against",
+    )
     rollout: str | None = Field(None, description="the rollout in progress, or the last one that failed and why")
     rollout_error: DeploymentError | None = Field(None, description="the failure of the last rollout's new instance")
     rejected_patch: str | None = Field(None, description="why the last retry patch was refused")

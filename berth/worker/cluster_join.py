@@ -97,7 +97,7 @@ class Membership:
         if fence:
             log.warning("node %s was %s: stopping the engines its deployments moved away before joining again",
                         self.settings.node_id, mine.status.value if mine else "unknown to the cluster")
-            await self.reconciler.run_once()
+            await self.reconciler.run_once(fresh=True)
         facts = await asyncio.to_thread(node_facts, self.settings, self.incarnation)
         joined = await handle.execute_update(JOIN_UPDATE, facts, result_type=NodeView)
         log.info("node %s joined the cluster: %s, capacity %d bytes, engines %s",
@@ -108,6 +108,6 @@ class Membership:
     async def _fence_again(self) -> None:
         await asyncio.sleep(SECOND_FENCE_S)
         try:
-            await self.reconciler.run_once()
+            await self.reconciler.run_once(fresh=True)
         except Exception:  # noqa: BLE001 - the periodic pass comes anyway
             log.exception("the second fencing pass failed")

@@ -16,7 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from berth.activities.cluster import node_presence, release_instance, reserve_instance
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
-from berth.activities.placement import check_spec, place_deployment
+from berth.activities.placement import check_spec
 from berth.activities.ports import allocate_port, release_port
 from berth.activities.readiness import await_ready
 from berth.activities.routing import configure_route, remove_route
@@ -106,7 +106,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client,
         task_queue=CONTROL_TASK_QUEUE,
         workflows=[DeploymentWorkflow, ClusterWorkflow],
-        activities=[place_deployment, check_spec, reserve_instance, release_instance],
+        activities=[check_spec, reserve_instance, release_instance],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
         # a restarted worker takes over the workflows of the dead one after this (default 10 s)

@@ -101,6 +101,7 @@ class NodeStack(Supervisor):
         self.worker = ManagedProcess("worker", [sys.executable, "-m", "berth.worker.main"], logs / "worker.log")
         self.processes = [self.gateway, self.worker]
         self.client = None  # the Temporal client: the id check at start, the drain at the end
+        self.prometheus_config = None
 
     async def start(self) -> float:
         loop = asyncio.get_running_loop()
@@ -118,6 +119,7 @@ class NodeStack(Supervisor):
         taken = await id_taken_by_another(self.client, s.node_id, s.peer_gateway_url)
         if taken:
             raise StackError(taken)
+        self.prometheus_config = write_node_prometheus_config(s)
         for process in self.processes:
             process.start()
         await self.wait_for("Traefik", lambda: gateway_answers(s), self.gateway)
@@ -138,19 +140,24 @@ class NodeStack(Supervisor):
 
     def print_summary(self, took_s: float) -> None:
         s = self.settings
-        self.say(
-            f"berth joined as node {s.node_id} ({took_s:.1f} s)\n"
+        lines = [
+            f"berth joined as node {s.node_id} ({took_s:.1f} s)",
             f"  worker    {' '.join(self.worker.argv)} (pid {self.worker.pid}): task queues "
-            f"{CONTROL_TASK_QUEUE} and {s.node_queue}\n"
-            f"  Temporal  {s.temporal_address} ({temporal_options(s).describe()})\n"
+            f"{CONTROL_TASK_QUEUE} and {s.node_queue}",
+            f"  Temporal  {s.temporal_address} ({temporal_options(s).describe()})",
             f"  gateway   {' '.join(self.gateway.argv)} (pid {self.gateway.pid}): "
-            f"{s.gateway_url}/models/<name>/v1/..., peers reach it at {s.peer_gateway_url}\n"
-            f"  API       {s.api_url} (the gateway's forwardAuth asks it)\n"
-            f"  token     the cluster token in {cluster_token_path(s)}\n"
-            f"  home      {s.home} (logs in {s.logs_dir})\n"
+            f"{s.gateway_url}/models/<name>/v1/..., peers reach it at {s.peer_gateway_url}",
+            f"  API       {s.api_url} (the gateway's forwardAuth asks it)",
+            f"  token     the cluster token in {cluster_token_path(s)}",
+            f"  home      {s.home} (logs in {s.logs_dir})",
+        ]
+        if self.prometheus_config:
+            lines.append(f"  Prometheus  prometheus --config.file={self.prometheus_config}")
+        lines.append(
             "Ctrl-C or SIGTERM drains this node (its instances move to other nodes), then stops its "
             "worker, engines and gateway."
         )
+        self.say("\n".join(lines))
 
     async def drain(self, hurry: asyncio.Event) -> None:
         from berth.worker.node_drain import drain_node, drain_timeout_s
@@ -164,6 +171,16 @@ class NodeStack(Supervisor):
         """The worker (after the drain), then this node's engines, then the gateway."""
         self.stop_worker_then_engines(self.worker, "their deployments place them again when this node is back")
         self.gateway.stop()
+
+
+def write_node_prometheus_config(settings: Settings):
+    """This node's prometheus.yml (its worker, gateway and engines: no API, no Temporal here), written
+    by berth.worker.prometheus_config's write_join_prometheus_config (branch observe); None while
+    that function is not in this tree."""
+    from berth.worker import prometheus_config
+
+    write = getattr(prometheus_config, "write_join_prometheus_config", None)
+    return write(settings) if write is not None else None
 
 
 async def run_node(settings: Settings, out=sys.stdout) -> int:

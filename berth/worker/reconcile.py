@@ -152,8 +152,12 @@ class Reconciler:
         known_run, instances = self._known.get(deployment, ("", frozenset()))
         self._known[deployment] = (run_id, (instances if known_run == run_id else frozenset()) | {instance_id})
 
-    async def run_once(self) -> ReconcileReport:
+    async def run_once(self, fresh: bool = False) -> ReconcileReport:
+        """One pass. `fresh`: every owner asked afresh, nothing remembered (fencing, after the node
+        was DOWN: a running deployment may have replaced the instances it had here)."""
         report = ReconcileReport()
+        if fresh:
+            self._known.clear()
         started = time.monotonic()
         try:
             running = await self._running_runs()
@@ -182,7 +186,8 @@ class Reconciler:
         # The node's files and port table are read in a thread: with 1000 engines, reading their
         # records took the event loop 40-60 ms, and state queries and probes waited behind it.
         records = await asyncio.to_thread(self.records.all)
-        await self._learn_from_launching_runs(records, running)
+        if not fresh:
+            await self._learn_from_launching_runs(records, running)
         for record in records:
             if await owned(record.deployment, record.instance_id) is False:
                 await asyncio.to_thread(stop_instance, self.records, record.instance_id)

@@ -35,7 +35,7 @@ class StackError(RuntimeError):
 def gateway_bind(settings: Settings) -> tuple[str, int]:
     """Where the gateway's web entry point listens, as its static config says (berth.worker.gateway)."""
     host, _, port = static_config(settings)["entryPoints"]["web"]["address"].rpartition(":")
-    return host or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def gateway_answers(settings: Settings) -> bool:
@@ -43,7 +43,7 @@ def gateway_answers(settings: Settings) -> bool:
     host, port = gateway_bind(settings)
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return answers_ok(f"http://{host}:{port}/ping")
+    return answers_ok(f"http://{f'[{host}]' if ':' in host else host}:{port}/ping")
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -20,6 +20,10 @@ LOCAL_QUICK: dict[str, Any] = dict(
     start_to_close_timeout=QUICK["start_to_close_timeout"],
     retry_policy=QUICK["retry_policy"],
 )
+# A route change on each gateway of the cluster: a node that does not take it within a few seconds
+# (its worker is dead or frozen) is skipped: it gets the route again at the next change.
+ROUTE_TAKEN_WITHIN = timedelta(seconds=5)
+ROUTE: dict[str, Any] = dict(QUICK, schedule_to_start_timeout=ROUTE_TAKEN_WITHIN)
 # Fetching the model's files can take hours. The heartbeat timeout is short: a stop reaches a
 # download through its heartbeats (sent at most every 0.8x this); not shorter, or a busy node's
 # event loop would time a healthy download out.
@@ -36,6 +40,7 @@ TEARDOWN: dict[str, Any] = dict(
         initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
     ),
 )
+ROUTE_TEARDOWN: dict[str, Any] = dict(TEARDOWN, schedule_to_start_timeout=ROUTE_TAKEN_WITHIN)
 # Watching an engine: cancelled with TRY_CANCEL (stop_engine is what really stops the engine),
 # heartbeats so that a dead worker is noticed and the watch resumes on the node's next worker.
 WATCH_RETRY = RetryPolicy(

@@ -1,13 +1,16 @@
 """DeploymentWorkflow: one durable workflow per deployment, from "serve this model" to serving, and
 then keeping it serving, with as many instances as asked for, until the user stops it.
 
-    REQUESTED -> placement -> one InstanceRunner per instance (berth.workflows.instance_runner):
-              files beside the port, launch beside the route, ready, supervise, its own restarts
+    REQUESTED -> one InstanceRunner per instance (berth.workflows.instance_runner): placed by the
+              cluster (a reservation on a node), files beside the port, launch beside the route,
+              ready, supervise, its own restarts
     the deployment's status: DEPLOYED while one instance serves (degraded when fewer than asked);
               else what its instances report (berth.domain.replicas)
     scale (Update, validated) -> instances added, or drained and stopped (not serving first, newest first)
     stop / Temporal cancel -> teardown (engines, route, ports) -> STOPPED
     retry (optionally with a spec patch) -> the instances start over
+    node_lost / node_draining / nodes_changed (from the cluster) -> instances replaced elsewhere /
+              moved with a surge / the route sent to every gateway (berth.workflows.node_events)
 
 Read top to bottom: the surface (query, signals, update), the run, what the runners share (the
 route, the files, reports), scaling, retries, teardown. The activity calls and their options are in
@@ -25,8 +28,8 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from berth.domain.pipeline import PreparedModel
-    from berth.domain.replicas import route_ports, scale_down_order, scale_refusal, status_after_report
+    from berth.domain.cluster import NODE_DRAINING_SIGNAL, NODE_LOST_SIGNAL, NODES_CHANGED_SIGNAL, NodeEvent, RoutingNodes
+    from berth.domain.replicas import cluster_refusal, scale_down_order, scale_refusal, status_after_report
     from berth.domain.spec import DeploymentSpec, SpecPatch
     from berth.domain.state import DeploymentState, DownloadProgress, InstanceState
     from berth.domain.status import WAITING_FOR_USER, DeploymentStatus, InstanceStatus
@@ -40,8 +43,11 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_TYPE,
     )
 
+from berth.workflows import node_events
+from berth.workflows.deployment_cluster import ClusterPart
 from berth.workflows.instance_runner import InstanceRunner
-from berth.workflows.node_steps import NodeSteps, place, together
+from berth.workflows.node_steps import NodeSteps, together
+from berth.workflows.route_fanout import unpublish
 from berth.workflows.rollout import roll
 from berth.workflows.state_keeper import BERTH_ENGINE, BERTH_MODEL, BERTH_REPLICAS, BERTH_STATUS, StateKeeper
 
@@ -65,20 +71,21 @@ class ScaleRequest(BaseModel):
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
-class DeploymentWorkflow:
+class DeploymentWorkflow(ClusterPart):
     @workflow.init
     def __init__(self, input: DeploymentInput) -> None:
         self.state = input.carried_state or DeploymentState(spec=input.spec)
         self.keep = StateKeeper(self.state)
         self._stop_requested = False
         self._retry_spec: DeploymentSpec | None = None  # set by a valid `retry`
-        self._runners: dict[str, InstanceRunner] = {}
+        self.runners: dict[str, InstanceRunner] = {}
         self._leaving: set[str] = set()  # instances being drained: never route servers
+        self.surging: set[str] = set()  # instances moving off a draining node: their successor starts
         self._route_lock = asyncio.Lock()
-        self._files_lock = asyncio.Lock()
+        self._files_locks: dict[str, asyncio.Lock] = {}  # per node
         self._wake = False
         self._rollout_spec: DeploymentSpec | None = None  # set by a valid `reconfigure`
-        self._node: str | None = None
+        self.nodes_seen = 0  # node events received: a runner waiting for a node asks again
         # Fetch model files that are gone again? Yes on the first deploy and after a user's retry;
         # an automatic restart stops at MUST_REDOWNLOAD instead.
         self._may_refetch = input.carried_state is None
@@ -105,6 +112,24 @@ class DeploymentWorkflow:
         self.keep.reject_patch(None)
         self._retry_spec = spec
 
+    @workflow.signal(name=NODE_LOST_SIGNAL)
+    async def node_lost(self, event: NodeEvent) -> None:
+        """From the cluster: the node is DOWN; its instances are replaced elsewhere."""
+        self.nodes_seen += 1
+        await node_events.replace_lost(self, event)
+
+    @workflow.signal(name=NODE_DRAINING_SIGNAL)
+    async def node_draining(self, event: NodeEvent) -> None:
+        """From the cluster: the node drains; its instances move with a surge."""
+        self.nodes_seen += 1
+        await node_events.drain_node(self, event)
+
+    @workflow.signal(name=NODES_CHANGED_SIGNAL)
+    async def nodes_changed(self, nodes: RoutingNodes) -> None:
+        """From the cluster: the gateways the route must reach changed."""
+        self.nodes_seen += 1
+        await node_events.nodes_changed(self, nodes)
+
     @workflow.signal(name=DOWNLOAD_PROGRESS_SIGNAL)
     def download_progress(self, progress: DownloadProgress) -> None:
         """From prepare_files: how far the download is. Kept only while the files are being fetched."""
@@ -123,10 +148,16 @@ class DeploymentWorkflow:
     @scale.validator
     def validate_scale(self, request: dict[str, Any]) -> None:
         """Refuses, before anything changes: a bad input, a stopping deployment, a count out of range
-        or one the node's memory cannot hold (with the per-instance numbers)."""
+        or one the cluster's memory cannot hold (with the per-instance numbers): checked against the
+        free memory per node of the cluster's last answer to this deployment (docs/replicas.md)."""
         replicas = _scale_request(request).replicas
         self._refuse_while_busy("INVALID_SCALE")
-        refusal = scale_refusal(replicas, self.state.memory_per_instance, self.state.memory_budget)
+        state = self.state
+        refusal = scale_refusal(replicas, None, None) or cluster_refusal(
+            replicas, len(state.instances), state.memory_per_instance, state.cluster_free
+        )
+        if not state.cluster_free and not refusal:  # no answer from the cluster yet: the node's plan
+            refusal = scale_refusal(replicas, state.memory_per_instance, state.memory_budget)
         if refusal:
             raise ApplicationError(refusal, type="INVALID_SCALE", non_retryable=True)
 
@@ -162,9 +193,6 @@ class DeploymentWorkflow:
         try:
             if input.carried_state is None:
                 self.keep.transition(DeploymentStatus.REQUESTED, "deployment requested")
-                self._node = await place(input.spec.node)
-            else:
-                self._node = self.state.instances[0].node if self.state.instances else await place(input.spec.node)
             for instance in list(self.state.instances):  # carried over: those not waiting for the user go on
                 if instance.status.value not in {status.value for status in WAITING_FOR_USER}:
                     self._start(instance)
@@ -199,7 +227,7 @@ class DeploymentWorkflow:
 
     def _may_continue_as_new(self) -> bool:
         return workflow.info().is_continue_as_new_suggested() and not any(
-            runner.running for runner in self._runners.values()
+            runner.running for runner in self.runners.values()
         )
 
     # ---- what the runners share -------------------------------------------------------------
@@ -221,47 +249,23 @@ class DeploymentWorkflow:
             detail = f"{instance.instance_id}: {detail} ({self.state.ready_replicas}/{self.state.spec.replicas} serve)"
         self.keep.transition(new, detail)
 
-    async def prepare_files(self, node: NodeSteps, spec: DeploymentSpec) -> PreparedModel:
-        """The files, prepared by one instance at a time (the first fetches, the next find them)."""
-        async with self._files_lock:
-            model = await node.prepare_files(spec, self._may_refetch, instances=max(1, spec.replicas))
-            self._may_refetch = False
-            return model
-
-    async def sync_route(self) -> None:
-        """Make the deployment's route point at the ports it should (berth.domain.replicas.route_ports);
-        one change at a time, each recorded once the gateway's file holds it."""
-        async with self._route_lock:
-            want = route_ports(self.state.instances, self._leaving)
-            if want == self.state.route_ports:
-                return
-            node = NodeSteps(self.state.instances[0] if self.state.instances else InstanceState(
-                instance_id="", node=self._node or ""))
-            self.state.route_ports = None  # unknown until the change is made
-            if want:
-                self.state.endpoint = await node.configure_route(self.state.spec, self.state.engine or "", want)
-            else:
-                await node.remove_route(self.state.spec.name)
-                self.state.endpoint = None
-            self.state.route_ports = want
-            for instance in self.state.instances:
-                instance.routed = instance.port in want
-
     # ---- scaling ----------------------------------------------------------------------------------
 
     def _start(self, instance: InstanceState, spec: DeploymentSpec | None = None, once: bool = False) -> InstanceRunner:
         runner = InstanceRunner(self, instance, spec or self.state.spec, once).start()
-        self._runners[instance.instance_id] = runner
+        self.runners[instance.instance_id] = runner
         return runner
 
     async def _converge(self) -> None:
         """As many instances as asked for: new ones start; extra ones are drained and stopped, those
         that do not serve first, then the newest."""
         self._wake = False
-        while len(self.state.instances) > self.state.spec.replicas and not self._stop_requested:
-            await self._retire(scale_down_order(self.state.instances)[0])
-        while len(self.state.instances) < self.state.spec.replicas:
-            instance = InstanceState(instance_id=f"{self.state.spec.name}-{workflow.uuid4().hex[:8]}", node=self._node)
+        counted = lambda: len(self.state.instances) - len(self.surging)  # noqa: E731 - a surge's old ones go
+        while counted() > self.state.spec.replicas and not self._stop_requested:
+            staying = [each for each in self.state.instances if each.instance_id not in self.surging]
+            await self._retire(scale_down_order(staying)[0])
+        while counted() < self.state.spec.replicas:
+            instance = InstanceState(instance_id=f"{self.state.spec.name}-{workflow.uuid4().hex[:8]}")
             self.state.instances.append(instance)
             self._start(instance)
         if not self.state.instances and self.state.status is not DeploymentStatus.DEPLOYED:
@@ -274,15 +278,19 @@ class DeploymentWorkflow:
         await self._retire(instance)
 
     async def _retire(self, instance: InstanceState) -> None:
-        """Out of the route, drained, then stopped and gone from the state."""
+        """Out of the route, drained, then stopped, its reservation released, and gone from the state."""
+        if instance not in self.state.instances:
+            return  # gone already (its node was lost)
         self._leaving.add(instance.instance_id)
         if instance.routed:
             await self.sync_route()
             await workflow.sleep(timedelta(seconds=DRAIN_S))
         await self._stop_instance(instance)
-        self.state.instances.remove(instance)
+        await self.release(instance)
+        if instance in self.state.instances:
+            self.state.instances.remove(instance)
         self._leaving.discard(instance.instance_id)
-        self._runners.pop(instance.instance_id, None)
+        self.runners.pop(instance.instance_id, None)
         await self.sync_route()
         if self.state.ready_replicas == 0 and self.state.status is DeploymentStatus.DEPLOYED and self.state.instances:
             self.keep.transition(DeploymentStatus.DEPLOYING, "no instance serves after the scale down")
@@ -290,9 +298,11 @@ class DeploymentWorkflow:
             self.keep.upsert_search_attributes()  # BerthReplicas
 
     async def _stop_instance(self, instance: InstanceState, release_port: bool = True) -> None:
-        runner = self._runners.get(instance.instance_id)
+        runner = self.runners.get(instance.instance_id)
         if runner is not None:
             await runner.stop()
+        if not instance.node:  # never placed: nothing of it on any node
+            return
         node = NodeSteps(instance)
         await node.stop_engine()
         instance.pid = None
@@ -339,17 +349,20 @@ class DeploymentWorkflow:
     # ---- teardown -------------------------------------------------------------------------------
 
     async def _teardown(self, reason: str) -> None:
-        for runner in self._runners.values():
+        for runner in self.runners.values():
             runner.leaving = True
-        await together(*(runner.stop() for runner in self._runners.values()))
-        await together(*(NodeSteps(instance).stop_engine() for instance in self.state.instances))
+        await together(*(runner.stop() for runner in self.runners.values()))
+        placed = [instance for instance in self.state.instances if instance.node]
+        await together(*(NodeSteps(instance).stop_engine() for instance in placed))
         for instance in self.state.instances:
             instance.pid = None
-        node = NodeSteps(InstanceState(instance_id="", node=self._node or ""))
-        if self._node is not None:
-            await node.remove_route(self.state.spec.name)
-        self.state.route_ports, self.state.endpoint = [], None
-        await together(*(NodeSteps(instance).release_port() for instance in self.state.instances))
+        routes = set(self.state.route_nodes) | set(self.state.routing) | {instance.node for instance in placed}
+        if routes:
+            await unpublish(self.state.spec.name, sorted(routes))
+        self.state.route_ports, self.state.route_servers, self.state.endpoint = [], [], None
+        await together(*(NodeSteps(instance).release_port() for instance in placed))
+        # every reservation, even of an instance whose placement a stop cut short (idempotent)
+        await together(*(self.release(instance) for instance in self.state.instances))
         for instance in self.state.instances:
             instance.port, instance.routed = None, False
         self.keep.set_instance(InstanceStatus.STOPPED)

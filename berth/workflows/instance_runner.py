@@ -2,8 +2,10 @@
 pipeline (files beside the port, launch beside the route, ready, supervise) and the instance's own
 restart budget.
 
-    REQUESTED -> COPYING_FILES -> STARTING -> DEPLOYED (supervise)
+    REQUESTED -> placed (a reservation on a node: the cluster's choice) -> COPYING_FILES (the plan's
+              bytes confirmed there, or placed again) -> STARTING -> DEPLOYED (supervise)
               -> on failure: classify -> ERROR (restart after a backoff) | FAILED | MUST_REDOWNLOAD
+    no node fits -> FAILED (OOM) with every node's reason; no node READY that could -> it waits
 
 What the deployment as a whole then says is the workflow's rule (berth.domain.replicas): each
 change of an instance is *reported* to it. Why a task and not a child workflow: docs/replicas.md.
@@ -19,8 +21,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from berth.domain.errors import Failure
-    from berth.domain.pipeline import EngineOutcome
+    from berth.domain.errors import ErrorCode, Failure
+    from berth.domain.pipeline import EngineOutcome, PreparedModel
     from berth.domain.restart_policy import decide
     from berth.domain.spec import DeploymentSpec
     from berth.domain.state import InstanceState
@@ -34,6 +36,11 @@ if TYPE_CHECKING:
 # how a runner ended: waiting for the user (FAILED, MUST_REDOWNLOAD), or parked so that the
 # workflow can continue as new (the engine is stopped; the next run starts it again)
 WAITING = "waiting"
+ABANDONED = "abandoned"
+# placed again this many times in one pass (each node's plan may differ) before giving up
+MAX_PLACEMENTS = 8
+# a runner that waits for a node asks the cluster again this often, or when the nodes change
+WAIT_FOR_NODE = timedelta(seconds=30)
 PARKED = "parked"
 INTERRUPTED = "interrupted"
 
@@ -48,6 +55,7 @@ class InstanceRunner:
         self.once = once  # a rollout's new instance: its first failure ends it (no restart)
         self.context_size: int | None = None
         self.leaving = False  # a scale down, retry or stop takes this instance
+        self.abandoned = False  # its node was lost: it ends without a word to that node
         self._deployed_at: float | None = None
         self.task: asyncio.Task | None = None
 
@@ -60,7 +68,14 @@ class InstanceRunner:
         return self.task is not None and not self.task.done()
 
     def interrupted(self) -> bool:
-        return self.leaving or self.deployment.interrupted
+        return self.leaving or self.abandoned or self.deployment.interrupted
+
+    def abandon(self) -> None:
+        """Its node is lost: the task ends at once; its activities there are cancelled and not
+        waited for (the node fences itself when it comes back)."""
+        self.abandoned = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
     async def stop(self) -> None:
         """End the runner (its engine is stopped by the caller, which knows what else goes)."""
@@ -79,6 +94,8 @@ class InstanceRunner:
                 return PARKED
             first = False
             outcome = await self._deploy_and_serve()
+            if self.abandoned:
+                return ABANDONED
             if outcome.node_shutdown:
                 self._report(DeploymentStatus.DEPLOYING, "the node restarted: launching again")
                 continue
@@ -93,15 +110,27 @@ class InstanceRunner:
         Independent steps run side by side: each is a round trip through Temporal."""
         deployment, instance = self.deployment, self.instance
         keep, spec = deployment.keep, self.spec
-        node = NodeSteps(instance, self.interrupted)
         self._report(DeploymentStatus.DEPLOYING, "selecting an engine")
         try:
             refused = await check_spec(spec)  # the API's rules, for a spec that came straight through Temporal
             if refused:
                 return EngineOutcome(failure=refused)
-            # the files (the engine's choice before them, the memory plan after), beside the port
-            keep.set_instance(InstanceStatus.COPYING_FILES, instance)
-            instance.port, model = await together(node.allocate_port(), deployment.prepare_files(node, spec))
+            for _ in range(MAX_PLACEMENTS):
+                unplaced = await self._placed()
+                if unplaced is not None:
+                    return EngineOutcome(failure=unplaced)
+                # the files (the engine's choice before them, the memory plan after), beside the port
+                node = NodeSteps(instance, self.interrupted)
+                keep.set_instance(InstanceStatus.COPYING_FILES, instance)
+                instance.port, model = await together(
+                    node.allocate_port(), deployment.prepare_files(node, spec, instance)
+                )
+                if await self._confirmed(model):
+                    break
+            else:
+                return EngineOutcome(failure=Failure(
+                    code=ErrorCode.OOM, message=f"placed {MAX_PLACEMENTS} times, refused each time by the node's own plan"
+                ))
             choice = model.choice
             keep.record_engine(choice)
             keep.take_files(model)
@@ -130,9 +159,64 @@ class InstanceRunner:
             self._report(DeploymentStatus.DEPLOYED, f"serving at {deployment.state.endpoint}")
             return await node.supervise(handle)
         except ActivityError as error:
-            if is_cancelled_exception(error):
+            if is_cancelled_exception(error) or self.abandoned:
                 raise
             return EngineOutcome(failure=failure_of(error))
+
+    # ---- placement ----------------------------------------------------------------------------
+
+    async def _placed(self) -> Failure | None:
+        """A reservation for this instance on a node (None), or why none can hold it (OOM, with
+        every node's reason). An instance that ran on a node before (a retry) stays there when it
+        still fits; while no node that could hold it is READY (a single node's worker restarting,
+        a pinned node DOWN), it waits for one."""
+        deployment, instance = self.deployment, self.instance
+        if instance.node and instance.reserved_bytes is not None:
+            return None
+        while True:
+            seen = deployment.nodes_seen
+            answer = await deployment.reserve(instance, self.spec, node=instance.node or None)
+            bytes_asked = deployment.state.memory_per_instance or 0
+            if answer.node:
+                instance.node, instance.reserved_bytes = answer.node, bytes_asked
+                if self.interrupted():
+                    raise asyncio.CancelledError()
+                return None
+            if self.interrupted():
+                raise asyncio.CancelledError()
+            if instance.node:  # its node cannot hold it any more: anywhere else
+                if instance.port:
+                    await NodeSteps(instance).release_port()
+                    instance.port = None
+                instance.node = ""
+                continue
+            if answer.retry:
+                self._report(DeploymentStatus.DEPLOYING, f"waiting for a node: {answer.message}")
+                try:
+                    await workflow.wait_condition(
+                        lambda: self.interrupted() or deployment.nodes_seen != seen, timeout=WAIT_FOR_NODE
+                    )
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            return Failure(code=ErrorCode.OOM, message=f"no node can hold this instance: {answer.message}")
+
+    async def _confirmed(self, model: PreparedModel) -> bool:
+        """The node's plan is known: the reservation takes its bytes (True), or, refused there, the
+        reservation and the port go and the instance is placed again with those bytes (False)."""
+        deployment, instance = self.deployment, self.instance
+        deployment.keep.take_files(model)
+        planned = model.plan.estimate_bytes if model.plan else None
+        if planned is None or planned == instance.reserved_bytes:
+            return True
+        answer = await deployment.reserve(instance, self.spec, node=instance.node, bytes=planned)
+        if answer.node:
+            instance.reserved_bytes = planned
+            return True
+        await deployment.release(instance)
+        await NodeSteps(instance).release_port()
+        instance.port, instance.node = None, ""
+        return False
 
     # ---- failures and restarts ----------------------------------------------------------------
 
@@ -150,9 +234,7 @@ class InstanceRunner:
         if self.once:  # a rollout's new instance: the rollout rolls back (DeploymentWorkflow)
             instance.port = None
             await self._leave_route_quietly()
-            await node.stop_engine()
-            instance.pid = None
-            await node.release_port()
+            await self._stop_for_good(node)
             keep.set_instance(InstanceStatus.FAILED, instance)
             return False
         if decision.status is DeploymentStatus.ERROR:
@@ -164,7 +246,8 @@ class InstanceRunner:
             keep.set_instance(InstanceStatus.ERROR, instance)
             await self._leave_route_quietly()
             self._report(DeploymentStatus.ERROR, f"{failure.code.value}: {decision.reason} {when}")
-            await node.stop_engine()
+            if instance.node:
+                await node.stop_engine()
             instance.pid = None
             if decision.backoff_s:
                 try:
@@ -176,12 +259,20 @@ class InstanceRunner:
         # FAILED / MUST_REDOWNLOAD wait for the user: said only once nothing is left of the engine
         instance.port = None
         await self._leave_route_quietly()
-        await node.stop_engine()
-        instance.pid = None
-        await node.release_port()
+        await self._stop_for_good(node)
         keep.set_instance(InstanceStatus(decision.status.value), instance)
         self._report(decision.status, f"{failure.code.value}: {decision.reason}")
         return False
+
+    async def _stop_for_good(self, node: NodeSteps) -> None:
+        """FAILED, MUST_REDOWNLOAD, a rollout's failed instance: its engine stopped, its port and
+        its reservation released (a retry places it again: on the same node while it fits)."""
+        if self.instance.node:
+            await node.stop_engine()
+            self.instance.pid = None
+            await node.release_port()
+            await self.deployment.release(self.instance)
+        self.instance.pid = None
 
     async def _leave_route_quietly(self) -> None:
         try:

@@ -2,8 +2,9 @@
 (berth.workflows.activity_options), and the helpers of its loop: steps side by side, the Failure an
 activity raised.
 
-Every step but placement runs on the deployment's node (its task queue); placement is a local
-activity, run by the worker that runs the workflow task, so the pipeline goes on in the same
+Every step but placement runs on the instance's node (its task queue); placement (reserve_instance,
+release_instance: the cluster workflow's updates, berth.workflows.cluster) and check_spec are local
+activities, run by the worker that runs the workflow task, so the pipeline goes on in the same
 workflow task (one round trip through Temporal fewer).
 """
 
@@ -20,12 +21,9 @@ with workflow.unsafe.imports_passed_through():
         ALLOCATE_PORT,
         AWAIT_READY,
         CHECK_SPEC,
-        CONFIGURE_ROUTE,
         LAUNCH_ENGINE,
-        PLACE_DEPLOYMENT,
         PREPARE_FILES,
         RELEASE_PORT,
-        REMOVE_ROUTE,
         STOP_ENGINE,
         SUPERVISE,
         EngineHandle,
@@ -35,10 +33,10 @@ with workflow.unsafe.imports_passed_through():
         PreparedModel,
         PrepareFilesInput,
         ReadyRequest,
-        RouteRequest,
         SpecCheck,
         StopRequest,
     )
+    from berth.domain.cluster import RELEASE_INSTANCE, RESERVE_INSTANCE, Placement, ReleaseRequest, ReserveRequest
     from berth.domain.spec import DeploymentSpec
     from berth.domain.state import InstanceState
     from berth.domain.ui_details import launch_summary, step_summary
@@ -47,10 +45,21 @@ with workflow.unsafe.imports_passed_through():
 from berth.workflows import activity_options as options
 
 
-async def place(requested_node: str | None) -> str:
-    """Which node runs the deployment (the requested one, or the control plane's choice)."""
+async def reserve(request: ReserveRequest) -> Placement:
+    """The cluster's choice of a node for the instance, its memory reserved there (or every node's
+    reason). Each call has its own update id: a retried attempt of the local activity is the same
+    update, and Temporal answers it once."""
+    call_id = f"{request.instance_id}-{workflow.uuid4().hex[:8]}"
     return await workflow.execute_local_activity(
-        PLACE_DEPLOYMENT, requested_node, result_type=str, **options.LOCAL_QUICK
+        RESERVE_INSTANCE, args=[request, call_id], result_type=Placement, **options.LOCAL_QUICK
+    )
+
+
+async def release(instance_id: str) -> None:
+    """The instance's reservation dropped (idempotent: one it never had is no error)."""
+    call_id = f"{instance_id}-{workflow.uuid4().hex[:8]}"
+    await workflow.execute_local_activity(
+        RELEASE_INSTANCE, args=[ReleaseRequest(instance_id=instance_id), call_id], **options.LOCAL_QUICK
     )
 
 
@@ -82,25 +91,21 @@ class NodeSteps:
         request = PortRequest(instance_id=self.instance.instance_id)
         return await self._step(ALLOCATE_PORT, request, int, self._on_node("allocate a port"), **options.QUICK)
 
-    async def prepare_files(self, spec: DeploymentSpec, may_refetch: bool, instances: int = 1) -> PreparedModel:
+    async def prepare_files(
+        self, spec: DeploymentSpec, may_refetch: bool, instances: int = 1, source_gateway_url: str | None = None
+    ) -> PreparedModel:
         """The files in place, the engine chosen before them (PreparedModel.choice) and the memory
-        planned after them (PreparedModel.plan), for `instances` instances of it on the node."""
+        planned after them (PreparedModel.plan), for `instances` instances of it on the node. A
+        `NODE:/path` model is copied from that node's gateway (`source_gateway_url`)."""
+        extra = {}
+        if source_gateway_url and "source_gateway_url" in PrepareFilesInput.model_fields:
+            extra["source_gateway_url"] = source_gateway_url
         request = PrepareFilesInput(
             deployment=spec.name, model=spec.model, engine=None, choose_engine=True, override=spec.engine,
-            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size, instances=instances,
+            may_refetch=may_refetch, plan_memory=True, context_size=spec.context_size, instances=instances, **extra,
         )
         summary = self._on_node(f"prepare the files of {spec.model[:200]}")
         return await self._step(PREPARE_FILES, request, PreparedModel, summary, **options.PREPARE_FILES)
-
-    async def configure_route(self, spec: DeploymentSpec, engine: str, ports: list[int]) -> str:
-        """The deployment's route with these servers (a route change always runs to its end: the
-        workflow records what the gateway holds)."""
-        request = RouteRequest(deployment=spec.name, ports=ports, engine=engine, public=spec.public)
-        servers = f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports)) or 'none'}"
-        summary = self._on_node(f"route /models/{spec.name}/ to {servers}")
-        return await workflow.execute_activity(
-            CONFIGURE_ROUTE, request, task_queue=self.queue, result_type=str, summary=summary, **options.QUICK
-        )
 
     async def launch(
         self, spec: DeploymentSpec, engine: str, model_path: str, context_size: int | None
@@ -145,11 +150,6 @@ class NodeSteps:
         request = StopRequest(instance_id=self.instance.instance_id)
         await workflow.execute_activity(
             STOP_ENGINE, request, task_queue=self.queue, summary=self._on_node("stop the engine"), **options.TEARDOWN
-        )
-
-    async def remove_route(self, deployment: str) -> None:
-        await workflow.execute_activity(
-            REMOVE_ROUTE, deployment, task_queue=self.queue, summary=self._on_node("remove the route"), **options.TEARDOWN
         )
 
     async def release_port(self) -> None:
