@@ -1,8 +1,10 @@
 """The web console in a real browser (Debian's chromium under Playwright) against the session's real
 stack: log in with the link `berth up` printed, deploy through the form and watch the row reach
 DEPLOYED without a reload, a random-bytes model's failure in its row, its page and its logs,
-Change and retry with the suggested context, Stop; and a cross-site POST refused."""
+Change and retry with the suggested context, Stop; a cross-site POST refused; the Nodes page and a
+deployment's instances linking to their node."""
 
+import importlib.util
 import re
 import time
 
@@ -64,6 +66,8 @@ def test_deploy_through_the_form_and_watch_the_row_reach_deployed(page, stack, t
     assert page.evaluate("window.__same_page") is True  # no reload: the table updated itself
     assert f"/models/{name}/v1" in row(page, name).inner_text()
     assert stack.api().get(f"/v1/deployments/{name}").json()["context_size"] == balanced
+    # the node's memory is reserved per instance by the cluster: leave it to the tests after
+    assert stack.api().post(f"/v1/deployments/{name}/stop").status_code == 202
 
 
 def test_a_random_bytes_model_shows_its_failure_guidance_and_log_line(page, stack, api, garbage_gguf, name):
@@ -118,7 +122,9 @@ def test_change_and_retry_with_the_suggested_context_then_stop(page, stack, api,
 
 
 def test_scale_from_the_deployment_page_then_a_refused_scale_says_why(page, stack, api, tiny_gguf, name):
-    assert api.post("/v1/deployments", json={"name": name, "model": str(tiny_gguf)}).status_code == 202
+    # a small context: two instances fit in the node's 640 MiB (the cluster reserves each one's plan)
+    spec = {"name": name, "model": str(tiny_gguf), "context_size": 1024}
+    assert api.post("/v1/deployments", json=spec).status_code == 202
     wait_for_api_status(api, name, {"DEPLOYED"}, timeout_s=90)
     page.goto(f"{stack.api_url}/ui/deployments/{name}")
     page.get_by_label("Replicas").fill("2")
@@ -171,7 +177,7 @@ def test_the_console_is_usable_390_px_wide(browser, stack):
     context = browser.new_context(viewport={"width": 390, "height": 844})
     tab = context.new_page()
     tab.goto(login_link(stack.api_url, issue_login_code(stack.settings)))
-    for path in ("/ui/deployments", "/ui/deploy"):
+    for path in ("/ui/deployments", "/ui/nodes", "/ui/deploy"):
         tab.goto(f"{stack.api_url}{path}")
         width = tab.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)  # the table scrolls inside its box, the page does not
@@ -179,3 +185,40 @@ def test_the_console_is_usable_390_px_wide(browser, stack):
     assert tab.evaluate("document.activeElement.textContent") == "Skip to content"
     assert re.search(r"<label for=\"model\">", tab.content())
     context.close()
+
+
+# with the cluster workflow (berth.workflows.cluster, on the core branch) `berth up` joins its node
+HAS_CLUSTER_WORKFLOW = importlib.util.find_spec("berth.workflows.cluster") is not None
+
+
+def test_the_nodes_page_and_an_instances_node(page, stack, api, tiny_gguf, name):
+    # a serving deployment: one the tests before left (the node's 640 MiB may be reserved by it), or our own
+    serving = api.get("/v1/deployments", params={"status": "DEPLOYED"}).json()["deployments"]
+    ours = not serving
+    if ours:
+        spec = {"name": name, "model": str(tiny_gguf), "context_size": 1024}
+        assert api.post("/v1/deployments", json=spec).status_code == 202
+        wait_for_api_status(api, name, {"DEPLOYED"}, timeout_s=DEPLOY_S / 1000)
+    else:
+        name = serving[0]["name"]
+    page.goto(f"{stack.api_url}/ui/deployments/{name}")
+    page.locator("#detail a[href='/ui/nodes#node-test-node']").first.click()  # the instance's node
+    page.wait_for_url("**/ui/nodes#node-test-node")
+    assert page.locator("nav a[aria-current='page']").inner_text() == "Nodes"
+    if not HAS_CLUSTER_WORKFLOW:
+        page.locator("#nodes-why:has-text('No cluster view')").wait_for()
+        assert "No node has joined the cluster." in page.locator("#nodes").inner_text()
+    else:
+        node = page.locator("#nodes tr#node-test-node")
+        node.locator(".status:has-text('READY')").wait_for(timeout=30_000)
+        text = node.inner_text()
+        assert "test-node" in text and "MiB" in text or "GiB" in text
+        placed = re.search(r'^berth_node_instances\{node="test-node"\} (\d+)$', api.get("/metrics").text, re.M)
+        assert placed and node.locator("td").nth(7).inner_text() == placed.group(1)  # instances placed there
+        # Drain asks first; dismissed, nothing is sent and the node stays READY
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        node.get_by_role("button", name="Drain").click()
+        time.sleep(1.5)
+        assert "READY" in node.locator(".status").inner_text()
+    if ours:
+        api.post(f"/v1/deployments/{name}/stop")

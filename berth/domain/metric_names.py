@@ -32,6 +32,21 @@ COUNTS_SECONDS = MetricName(
 COUNTS_AGE = MetricName(
     "berth_metrics_counts_age_seconds", "gauge", "how old the counts in berth_deployments are", ()
 )
+# ---- the API's /metrics (from the cluster workflow's `nodes` query, one per scrape at most) --------
+NODE_CAPACITY = MetricName(
+    "berth_node_capacity_bytes", "gauge", "memory berth's engines may use on the node (its budget)", ("node",)
+)
+NODE_RESERVED = MetricName(
+    "berth_node_reserved_bytes", "gauge", "memory reserved on the node by the instances placed there", ("node",)
+)
+NODE_STATUS = MetricName(
+    "berth_node_status", "gauge", "1 for the node's status (READY, NOT_READY, DRAINING, DOWN), 0 for the others",
+    ("node", "status"),
+)
+NODE_INSTANCES = MetricName(
+    "berth_node_instances", "gauge", "instances placed on the node (a reservation each, whatever their status)",
+    ("node",),
+)
 
 # ---- the worker's (the SDK's exporter, at BERTH_WORKER_METRICS_PORT) -----------------------------
 # recorded by the deployment workflow, at its transitions (never during replay)
@@ -59,9 +74,20 @@ DOWNLOAD_SECONDS = MetricName(
     "berth_download_seconds", "histogram", "how long each model download took (sum: seconds spent)", ("node",)
 )
 ROUTES = MetricName("berth_routes", "gauge", "routes in this node's gateway route table", ("node",))
+INSTANCES = MetricName(
+    "berth_instances",
+    "gauge",
+    "engines this node runs, by instance status (STARTING: launched, not yet watched; DEPLOYED: "
+    "served and watched by supervise; ERROR: exited, the workflow not done with it yet)",
+    ("node", "status"),
+)
 
-WORKER_METRICS = (FAILURES, RESTARTS, TIME_TO_DEPLOYED, CRASH_DETECT, DOWNLOAD_BYTES, DOWNLOAD_SECONDS, ROUTES)
-API_METRICS = (DEPLOYMENTS, COUNTS_SECONDS, COUNTS_AGE)
+WORKER_METRICS = (
+    FAILURES, RESTARTS, TIME_TO_DEPLOYED, CRASH_DETECT, DOWNLOAD_BYTES, DOWNLOAD_SECONDS, ROUTES, INSTANCES
+)
+API_METRICS = (DEPLOYMENTS, COUNTS_SECONDS, COUNTS_AGE, NODE_CAPACITY, NODE_RESERVED, NODE_STATUS, NODE_INSTANCES)
+# the API's metrics that exist only while the cluster workflow answers its `nodes` query
+CLUSTER_METRICS = (NODE_CAPACITY, NODE_RESERVED, NODE_STATUS, NODE_INSTANCES)
 
 # histogram buckets (seconds), given to the exporter by name
 BUCKETS: dict[str, list[float]] = {

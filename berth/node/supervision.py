@@ -13,9 +13,11 @@ from berth.domain.pipeline import EngineHandle, EngineOutcome
 from berth.engines.base import Readiness
 from berth.engines.registry import get_engine
 from berth.domain.metric_names import CRASH_DETECT
+from berth.domain.status import InstanceStatus
 from berth.node import metrics
 from berth.node.engine_records import EngineRecord, EngineRecords
 from berth.node.engine_targets import write_target
+from berth.node.instance_counts import COUNTS
 from berth.node.engine_watch import EngineView, HeldExitWatch
 from berth.node.probe_client import probe_client
 from berth.settings import Settings
@@ -42,15 +44,19 @@ async def watch_engine(handle: EngineHandle, heartbeat: Callable[[float], None])
     watch = HeldExitWatch.open(first.record)  # None: ask the view each time
     if first.record is not None and engine.metrics_path:
         write_target(settings.home, handle.deployment, handle.instance_id, settings.node_id, engine.name, handle.port)
+    if first.record is not None:
+        COUNTS.set(handle.instance_id, InstanceStatus.DEPLOYED, settings.node_id)  # berth_instances
     try:
         while True:
             view = EngineView.of(handle, records)  # read again: a shutdown or another launch shows there
             served_s = time.time() - since
             if view.stopped_by_shutdown:
+                COUNTS.forget(handle.instance_id, settings.node_id)
                 return EngineOutcome(node_shutdown=True, served_s=served_s)
             if not view.alive(watch):
                 failure = view.exit_failure()
                 _record_detection(view.record, settings.node_id)
+                COUNTS.set(handle.instance_id, InstanceStatus.ERROR, settings.node_id)
                 return EngineOutcome(failure=failure, served_s=served_s)
             readiness = await engine.probe(probe_client(), base_url, after_ready=True)
             if readiness is Readiness.READY:
@@ -60,6 +66,7 @@ async def watch_engine(handle: EngineHandle, heartbeat: Callable[[float], None])
                 if len(failed_probes) >= UNHEALTHY_PROBES:
                     seen = ", ".join(probe.value.lower() for probe in failed_probes)
                     message = f"the engine is running but stopped answering its health check ({seen})"
+                    COUNTS.set(handle.instance_id, InstanceStatus.ERROR, settings.node_id)
                     return EngineOutcome(failure=view.unhealthy_failure(message), served_s=served_s)
             heartbeat(served_s)
             await view.wait_for_exit(next_look_in_s(), watch)

@@ -8,6 +8,7 @@ logs in with the link `berth up` printed, in Debian's chromium, and saves:
     console-failed.png        the failed deployment's page: code, message, guidance, log lines
     console-logs.png          View logs of it, the loader's line highlighted
     console-deploy.png        the deploy page in novice mode, with the balanced options
+    console-nodes.png         the Nodes page: the node `berth up` joined, its capacity and reservations
     console-mobile.png        the deployments table 390 px wide
 
 Everything it started is stopped at the end.
@@ -75,6 +76,10 @@ def shoot(stack: RunningStack, out: Path, tiny: str, failed: str) -> list[Path]:
         page.get_by_role("button", name="Check").click()
         page.wait_for_selector("#option-balanced")
         saved.append(_save(page, out / "console-deploy.png", full_page=True))
+
+        page.goto(f"{base}/ui/nodes")
+        page.wait_for_selector("#nodes tr[data-node] .status")
+        saved.append(_save(page, out / "console-nodes.png"))
 
         mobile = browser.new_context(viewport={"width": 390, "height": 844}, storage_state=context.storage_state())
         phone = mobile.new_page()

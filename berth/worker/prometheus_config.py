@@ -11,6 +11,10 @@ Its jobs (docs/observability.md says what each exports):
                    (berth.node.engine_targets) with the labels deployment, instance, node, engine
 A job whose port is 0 (its BERTH_*_METRICS_PORT) is left out. docker-compose.yml runs the same jobs
 (deploy/prometheus/prometheus.yml; tests/test_compose.py compares them).
+
+A node that `berth join` runs has no API and no Temporal server of its own: its config
+(`write_join_prometheus_config`) has the jobs berth-worker, gateway and engines only, at the same
+path. The cluster's node metrics (capacity, reservations, status) are the first node's API's.
 """
 
 import os
@@ -44,6 +48,23 @@ def _job(name: str, target: str, **extra) -> dict:
     return {"job_name": name, "static_configs": [{"targets": [target]}], **extra}
 
 
+def _local_jobs(settings: Settings, names: tuple[str, ...]) -> list[dict]:
+    ports = {
+        "berth-worker": settings.worker_metrics_port,
+        "gateway": settings.gateway_metrics_port,
+        "temporal": settings.temporal_metrics_port,
+    }
+    return [_job(name, f"127.0.0.1:{ports[name]}") for name in names if ports[name]]
+
+
+def _engines_job(targets_glob: str) -> dict:
+    return {
+        "job_name": "engines",
+        "metrics_path": "/metrics",
+        "file_sd_configs": [{"files": [targets_glob], "refresh_interval": TARGETS_REFRESH}],
+    }
+
+
 def scrape_configs(settings: Settings, token_file: str, targets_glob: str) -> list[dict]:
     api = urlsplit(settings.api_url)
     jobs = [
@@ -55,27 +76,26 @@ def scrape_configs(settings: Settings, token_file: str, targets_glob: str) -> li
             authorization={"type": "Bearer", "credentials_file": token_file},
         )
     ]
-    for name, port in (
-        ("berth-worker", settings.worker_metrics_port),
-        ("gateway", settings.gateway_metrics_port),
-        ("temporal", settings.temporal_metrics_port),
-    ):
-        if port:
-            jobs.append(_job(name, f"127.0.0.1:{port}"))
-    jobs.append(
-        {
-            "job_name": "engines",
-            "metrics_path": "/metrics",
-            "file_sd_configs": [{"files": [targets_glob], "refresh_interval": TARGETS_REFRESH}],
-        }
-    )
-    return jobs
+    return jobs + _local_jobs(settings, ("berth-worker", "gateway", "temporal")) + [_engines_job(targets_glob)]
+
+
+def join_scrape_configs(settings: Settings, targets_glob: str) -> list[dict]:
+    """A joined node's jobs: its worker, its gateway, its engines (no API, no Temporal server)."""
+    return _local_jobs(settings, ("berth-worker", "gateway")) + [_engines_job(targets_glob)]
 
 
 def prometheus_config(settings: Settings, token_file: str, targets_glob: str) -> dict:
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": scrape_configs(settings, token_file, targets_glob),
+    }
+
+
+def _config(scrape_configs: list[dict]) -> dict:
+    interval = scrape_interval()
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": scrape_configs,
     }
 
 
@@ -96,6 +116,17 @@ def write_prometheus_config(settings: Settings) -> Path:
     os.chmod(token_file, 0o600)
     config = prometheus_config(settings, str(token_file), str(settings.engine_targets_dir / "*.json"))
     config["global"]["scrape_interval"] = scrape_interval()
+    path = config_path(settings)
+    write_atomically(path, yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_join_prometheus_config(settings: Settings) -> Path:
+    """`berth join`'s config: $BERTH_HOME/prometheus/prometheus.yml with this node's worker,
+    gateway and engines (no API job, so no token copy; no Temporal server job); its path.
+    `prometheus --config.file=<path>` runs it as it is, on this node, as berth's user."""
+    settings.engine_targets_dir.mkdir(parents=True, exist_ok=True)
+    config = _config(join_scrape_configs(settings, str(settings.engine_targets_dir / "*.json")))
     path = config_path(settings)
     write_atomically(path, yaml.safe_dump(config, sort_keys=False))
     return path

@@ -35,6 +35,7 @@ from berth.node import process_runtime
 from berth.node.engine_launch import stop_instance
 from berth.node import metrics
 from berth.node.engine_targets import prune_targets
+from berth.node.instance_counts import COUNTS
 from berth.node.engine_records import EngineRecord, EngineRecords
 from berth.node.ports import registry
 from berth.node.route_publisher import route_publisher
@@ -191,9 +192,9 @@ class Reconciler:
             if await owned(record.deployment, record.instance_id) is False:
                 await asyncio.to_thread(stop_instance, self.records, record.instance_id)
                 report.engines_stopped.append(record.instance_id)
-        await asyncio.to_thread(
-            prune_targets, self.settings.home, {r.instance_id for r in records} - set(report.engines_stopped)
-        )
+        kept = {r.instance_id for r in records} - set(report.engines_stopped)
+        await asyncio.to_thread(prune_targets, self.settings.home, kept)
+        COUNTS.resync(kept, self.settings.node_id)  # berth_instances
         for process in await asyncio.to_thread(self._unrecorded_engines):
             instance_id = process_runtime.instance_of(process) or ""
             if await owned(_deployment_of(instance_id), instance_id) is False:

@@ -59,6 +59,34 @@
     });
   }
 
+  // ---- nodes -------------------------------------------------------------------------------------
+  const nodes = $("nodes");
+  if (nodes) {
+    const body = nodes.tBodies[0], why = $("nodes-why"), said = $("action-result");
+    let shown = null;
+    const refresh = async () => {
+      const r = await request("GET", nodes.dataset.live);
+      if (!r.ok || !r.data) return;
+      if (r.data.html !== shown) { body.innerHTML = r.data.html; shown = r.data.html; }
+      why.hidden = !r.data.why;
+      why.textContent = r.data.why ? `No cluster view: ${r.data.why}` : "";
+    };
+    every(1000, refresh);
+    // the rows are replaced as they refresh: one listener on the table for every row's button
+    nodes.addEventListener("click", async (event) => {
+      const button = event.target.closest("button[data-node-action]");
+      if (!button) return;
+      const node = button.dataset.node, action = button.dataset.nodeAction;
+      if (action === "drain" && !window.confirm(`Drain ${node}? Nothing new is placed there and its instances move to other nodes.`)) return;
+      button.disabled = true;
+      const r = await request("POST", `/ui/api/nodes/${encodeURIComponent(node)}/${action}`);
+      button.disabled = false;
+      said.textContent = r.ok ? `${node}: ${r.data.status}` : failure(r);
+      said.className = r.ok ? "ok-text" : "alert";
+      await refresh();
+    });
+  }
+
   // ---- a deployment ----------------------------------------------------------------------------
   const detail = $("detail");
   if (detail) {
