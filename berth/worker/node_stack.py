@@ -25,6 +25,7 @@ from berth.domain.cluster import check_node_id
 from berth.settings import CONTROL_TASK_QUEUE, Settings
 from berth.worker.gateway import gateway_argv
 from berth.worker.processes import ManagedProcess
+from berth.worker.prometheus_config import write_join_prometheus_config
 from berth.worker.supervisor import StackError, Supervisor, gateway_answers, gateway_bind, stop_signals
 from berth.worker.worker_ready import worker_ready
 
@@ -149,7 +150,7 @@ class NodeStack(Supervisor):
         taken = await id_taken_by_another(self.client, s.node_id, s.peer_gateway_url)
         if taken:
             raise StackError(taken)
-        self.prometheus_config = write_node_prometheus_config(s)
+        self.prometheus_config = write_join_prometheus_config(s)
         for process in self.processes:
             process.start()
         await self.wait_for("Traefik", lambda: gateway_answers(s), self.gateway)
@@ -211,16 +212,6 @@ class NodeStack(Supervisor):
 
 def _loopback(host: str) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-def write_node_prometheus_config(settings: Settings):
-    """This node's prometheus.yml (its worker, gateway and engines: no API, no Temporal here), written
-    by berth.worker.prometheus_config's write_join_prometheus_config (branch observe); None while
-    that function is not in this tree."""
-    from berth.worker import prometheus_config
-
-    write = getattr(prometheus_config, "write_join_prometheus_config", None)
-    return write(settings) if write is not None else None
 
 
 async def run_node(settings: Settings, out=sys.stdout) -> int:
