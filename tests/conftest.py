@@ -1,15 +1,20 @@
 """Shared fixtures: one real berth stack (Temporal, Traefik, worker) for the integration tests."""
 
+import asyncio
 import itertools
 import re
 from pathlib import Path
 
 import pytest
 
+from berth.domain.cluster import CLUSTER_WORKFLOW_ID, NODES_QUERY, ClusterView
+from berth.domain.temporal_names import STOP_SIGNAL, WORKFLOW_TYPE
+
 from berth.testing.harness import RunningStack
 from berth.testing.tiny_gguf import write_garbage_gguf, write_tiny_gguf
 
 _names = itertools.count(1)
+_stacks: list = []  # the shared stack, once a test started it
 RECONCILE_INTERVAL_S = 2
 NODE_MEMORY_LIMIT = "640MiB"
 
@@ -56,10 +61,50 @@ def stack(tmp_path_factory):
             "BERTH_MEMORY_LIMIT": NODE_MEMORY_LIMIT,
         },
     ).start()
+    _stacks.append(running)
     yield running
+    _stacks.clear()
     code, leftovers = running.stop_and_reap()
     assert code == 0, "berth up did not exit cleanly:\n" + "".join(running.output)
     assert not leftovers, f"processes left behind by the stack: {leftovers}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def stop_what_the_module_left_running():
+    """After each test module, every deployment still running on the shared stack is stopped and
+    awaited: the node's memory is reserved per instance (640 MiB holds two tiny instances), so a
+    module that leaves one running would fail the next module's deploys with OOM."""
+    yield
+    if not _stacks:
+        return
+    client = await _stacks[0].client()
+    query = f'WorkflowType="{WORKFLOW_TYPE}" AND ExecutionStatus="Running"'
+    left = [execution.id async for execution in client.list_workflows(query)]
+
+    async def stop(workflow_id: str) -> None:
+        handle = client.get_workflow_handle(workflow_id)
+        try:
+            await handle.signal(STOP_SIGNAL)
+            await asyncio.wait_for(handle.result(), 120)
+        except Exception:  # noqa: BLE001 - ended meanwhile, or failed: it holds nothing either way
+            pass
+
+    await asyncio.gather(*(stop(workflow_id) for workflow_id in left))
+    await _no_reservation_left(client, left)
+
+
+async def _no_reservation_left(client, stopped: list[str]) -> None:
+    """Every deployment has ended, so no instance may hold memory on the node any more: a reservation
+    left would refuse later deploys with OOM for nothing (a leak in berth, not in the tests)."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        view = await client.get_workflow_handle(CLUSTER_WORKFLOW_ID).query(NODES_QUERY, result_type=ClusterView)
+        held = {node.facts.node_id: node.instances for node in view.nodes if node.instances}
+        if not held:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"reservations left after every deployment ended (stopped here: {stopped}): {held}")
+        await asyncio.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,9 @@ the grace, and drain. Requests are counted on the engines themselves (their own 
 between gateways is the mesh's (tests/test_cluster_routing*.py)."""
 
 import asyncio
+import os
+import signal
+import threading
 import time
 
 import httpx
@@ -20,6 +23,7 @@ from berth.domain.status import InstanceStatus
 from berth.domain.temporal_names import STOP_SIGNAL, workflow_id
 from berth.node.memory_plan import plan_for
 from berth.testing.cluster_harness import Cluster
+from berth.testing.gateway_nodes import served_requests
 from berth.settings import Settings
 from berth.testing.harness import deployment_state, free_port, start_deployment
 from berth.worker.gateway import static_config
@@ -210,22 +214,80 @@ async def test_a_worker_restart_within_the_grace_moves_nothing(cluster, client, 
     await stop_all(client, [name])
 
 
+class GatewayLoad:
+    """Chats through one gateway in a thread, about 20 a second, until stopped: what answered 200."""
+
+    def __init__(self, gateway: str, name: str, token: str):
+        self.gateway, self.name, self.token = gateway, name, token
+        self.ok, self.other = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        body = {"model": self.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        with httpx.Client(headers={"Authorization": f"Bearer {self.token}"}, timeout=30) as http:
+            while not self._stop.is_set():
+                try:
+                    answer = http.post(f"{self.gateway}/models/{self.name}/v1/chat/completions", json=body)
+                    if answer.status_code == 200:
+                        self.ok += 1
+                    else:
+                        self.other += 1
+                except httpx.HTTPError:
+                    self.other += 1
+                self._stop.wait(0.05)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def alive(pid: int) -> bool:
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
 async def test_a_frozen_node_is_replaced_and_fences_its_engine_when_it_thaws(cluster, client, tiny_gguf):
+    """SIGSTOP of every process of the node past the grace: replaced elsewhere. Chats go through n1's
+    gateway from DOWN on; the stale engine's own count of generations (llama.cpp's /metrics) is read
+    before the freeze, after SIGCONT of the engine alone (its node's worker and gateway still frozen),
+    and then as long as it answers after the whole node is thawed, until its worker fences it: no
+    gateway sent it a request after DOWN. (The last read can precede the engine's end by ~20 ms.)"""
     name = "frozen"
     await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), context_size=CONTEXT, nodes=["n2", "n3"]))
     before = await until(client, name, lambda s: s.ready_replicas == 1, 120, "serving")
-    victim, stale = before.instances[0].node, before.instances[0].pid
+    victim, stale, stale_port = before.instances[0].node, before.instances[0].pid, before.instances[0].port
+    served_before = served_requests(stale_port)
+    load = GatewayLoad(cluster.gateway_url("n1"), name, cluster.first.api_token())
     cluster.freeze_node(victim)
     try:
         await until_nodes(client, lambda v: status_of(v, victim) is NodeStatus.DOWN, GRACE_S + SLACK_S + 5, "DOWN")
+        load.start()
         after = await until(client, name, lambda s: s.ready_replicas == 1 and s.instances[0].node != victim, 60, "replaced")
+        os.kill(stale, signal.SIGCONT)
+        served_while_frozen = served_requests(stale_port)
     finally:
         cluster.thaw_node(victim)
     thawed = time.monotonic()
-    while psutil.pid_exists(stale) and psutil.Process(stale).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() - thawed < RECONCILE_S + SLACK_S, "the stale engine still runs after one reconcile period"
-        await asyncio.sleep(0.1)
-    print(f"fenced: the stale engine stopped {time.monotonic() - thawed:.1f} s after SIGCONT")
+    reads = [served_while_frozen]
+    try:
+        while alive(stale):
+            assert time.monotonic() - thawed < RECONCILE_S + SLACK_S, "the stale engine still runs after one reconcile period"
+            try:
+                reads.append(served_requests(stale_port))
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.02)
+        fenced_after = time.monotonic() - thawed
+        await asyncio.sleep(1.0)
+    finally:
+        load.stop()
+    print(f"fenced: the stale engine stopped {fenced_after:.1f} s after SIGCONT; its generations "
+          f"{served_before:.0f} before the freeze, {reads} after; {load.ok} chats through n1 answered from DOWN on")
+    assert set(reads) == {served_before}, "a gateway sent the stale engine a request after DOWN"
+    assert load.ok > 0, "the replacement answered through n1's gateway"
     await until_nodes(client, lambda v: status_of(v, victim) is NodeStatus.READY, 30, "joined again")
     assert engine_answers(after.instances[0].port)
     await stop_all(client, [name])

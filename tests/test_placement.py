@@ -85,6 +85,7 @@ def test_retry_only_when_a_node_that_is_not_ready_would_fit():
     assert not choose(ask(bytes=9 * GIB), [down], []).retry  # would not fit anyway: fail now
     assert not choose(ask(), [node("a", status=NodeStatus.DRAINING)], []).retry
     assert choose(ask(pin="a"), [down, B], []).retry  # pinned: waits for its node, never b
+    assert choose(ask(), [], []).retry  # no node has joined yet (right after `berth up`): wait for one
 
 
 def apply(request: ReserveRequest, nodes, reservations: list[Reservation]) -> str | None:

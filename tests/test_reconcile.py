@@ -1,4 +1,4 @@
-"""Nothing orphaned: engines, ports and routes that no running deployment owns are reaped."""
+"""Nothing orphaned: engines, ports, routes and memory reservations that no running deployment owns are reaped."""
 
 import asyncio
 import sys
@@ -11,6 +11,7 @@ from berth.node import process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
 from berth.node.ports import port_is_free, registry
 from berth.node.routes import write_route
+from berth.domain.cluster import CLUSTER_WORKFLOW_ID, NODES_QUERY, ClusterView
 from berth.domain.pipeline import LaunchRequest, RouteRequest
 from berth.domain.spec import DeploymentSpec
 from berth.domain.status import DeploymentStatus as S
@@ -48,6 +49,22 @@ async def test_terminated_deployment_is_reaped_within_a_reconcile_period(stack, 
     ports = registry(stack.settings)
     assert await gone(lambda: state.instances[0].instance_id not in ports.reserved()), "port still reserved"
     assert port_is_free(state.port)
+    cluster = client.get_workflow_handle(CLUSTER_WORKFLOW_ID)
+    assert await gone_async(lambda: reserved(cluster), state.instances[0].instance_id), "memory still reserved"
+
+
+async def reserved(cluster) -> set[str]:
+    view = await cluster.query(NODES_QUERY, result_type=ClusterView)
+    return {instance for node in view.nodes for instance in node.instances}
+
+
+async def gone_async(read, instance_id: str, timeout_s: float = WITHIN_S) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while instance_id in await read():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
 
 
 async def test_an_engine_no_deployment_owns_is_stopped_and_its_port_freed(stack, tiny_gguf):

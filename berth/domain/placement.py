@@ -44,8 +44,8 @@ def files_node(model: str) -> str | None:
 @dataclass(frozen=True)
 class Choice:
     """A node, or why no node fits: a reason per node. `retry`: some node could take the instance
-    once it is READY again (it is DOWN or NOT_READY now): ask again when the nodes change, rather
-    than failing."""
+    once it is READY again (it is DOWN or NOT_READY now), or no node has joined yet: ask again when
+    the nodes change, rather than failing."""
 
     node: str | None = None
     refusals: dict[str, str] = field(default_factory=dict)
@@ -113,8 +113,8 @@ def choose(request: ReserveRequest, nodes: Sequence[NodeView], reservations: Seq
             request, view.model_copy(update={"status": NodeStatus.READY}), reservations
         ) is None:
             retry = True  # it would fit once it is back
-    if not fitting:
-        return Choice(refusals=refusals, retry=retry)
+    if not fitting:  # no node at all yet (a deploy right after `berth up`, before its worker joined): wait
+        return Choice(refusals=refusals, retry=retry or not nodes)
     holder = files_node(request.model)
 
     def score(view: NodeView) -> tuple:

@@ -1,5 +1,6 @@
-"""Reconcile this node with Temporal: every engine, port reservation and route on the node must
-belong to a running deployment that still lists it; anything else is stopped and released.
+"""Reconcile this node with Temporal: every engine, port reservation and route on the node, and every
+memory reservation the cluster workflow holds for it, must belong to a running deployment that
+still lists it; anything else is stopped and released.
 
 Runs when the worker starts and then periodically, so that even a deployment terminated from the
 Temporal UI (where no workflow code runs) leaves nothing behind for longer than one period.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from berth.domain.cluster import CLUSTER_WORKFLOW_ID, NODES_QUERY, RELEASE_UPDATE, ClusterView, ReleaseRequest
 from berth.domain.metric_names import ROUTES
 from berth.domain.spec import NAME_PATTERN
 from berth.domain.state import DeploymentState
@@ -58,9 +60,10 @@ class ReconcileReport:
     engines_stopped: list[str] = field(default_factory=list)
     ports_released: list[str] = field(default_factory=list)
     routes_removed: list[str] = field(default_factory=list)
+    reservations_released: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.engines_stopped or self.ports_released or self.routes_removed)
+        return bool(self.engines_stopped or self.ports_released or self.routes_removed or self.reservations_released)
 
 
 class Reconciler:
@@ -166,7 +169,7 @@ class Reconciler:
             return report
         checked: dict[str, set[str] | None] = {}  # asked afresh this cycle; None: cannot tell
 
-        async def fresh(deployment: str) -> set[str] | None:
+        async def ask_afresh(deployment: str) -> set[str] | None:
             if deployment not in checked:
                 try:
                     checked[deployment] = await self._owned_instances(deployment)
@@ -180,7 +183,7 @@ class Reconciler:
             run, instances = self._known.get(deployment, ("", frozenset()))
             if run and running.get(deployment) == run and instance_id in instances:
                 return True
-            asked = await fresh(deployment)
+            asked = await ask_afresh(deployment)
             return None if asked is None else instance_id in asked
 
         # The node's files and port table are read in a thread: with 1000 engines, reading their
@@ -209,15 +212,36 @@ class Reconciler:
         for deployment in sorted(routes):
             if not NAME_PATTERN.match(deployment) or deployment in running:
                 continue  # not a deployment's name (put there by hand), or a running deployment's route
-            if await fresh(deployment) == set():  # no running deployment of that name
+            if await ask_afresh(deployment) == set():  # no running deployment of that name
                 await route_publisher(self.settings.routes_dir).remove(deployment)
                 report.routes_removed.append(deployment)
+        for instance_id in await self._reserved_here():
+            # a deployment that ended without its own teardown (terminated, reset) keeps its memory
+            # reserved in the cluster: released once a fresh answer says no running run lists it
+            if await owned(_deployment_of(instance_id), instance_id) is False:
+                await self._release(instance_id)
+                report.reservations_released.append(instance_id)
         if report:
             log.info("reconcile: %s", report)
         if checked:
             log.info("reconcile: asked %d deployment(s) for their state; the pass took %.1f s",
                      len(checked), time.monotonic() - started)
         return report
+
+    async def _reserved_here(self) -> list[str]:
+        """The instance ids holding memory on this node in the cluster's view (none when there is no
+        cluster workflow or it does not answer: nothing is released on a guess)."""
+        try:
+            view = await self.client.get_workflow_handle(CLUSTER_WORKFLOW_ID).query(NODES_QUERY, result_type=ClusterView)
+        except Exception as error:  # noqa: BLE001 - no cluster workflow yet, or a query that failed
+            log.debug("reconcile: no view of the cluster's reservations: %s", error)
+            return []
+        return [i for node in view.nodes if node.facts.node_id == self.settings.node_id for i in node.instances]
+
+    async def _release(self, instance_id: str) -> None:
+        handle = self.client.get_workflow_handle(CLUSTER_WORKFLOW_ID)
+        await handle.execute_update(RELEASE_UPDATE, ReleaseRequest(instance_id=instance_id),
+                                    id=f"reconcile-release-{instance_id}-{time.time_ns()}")
 
     def _unrecorded_engines(self) -> list:
         """Engine processes of this node ($BERTH_HOME) that no record names."""
