@@ -267,6 +267,53 @@ async def test_a_worker_restart_within_the_grace_moves_nothing(cluster):
         await again.stop()
 
 
+async def test_a_node_alone_stays_not_ready_past_the_grace_and_goes_down_once_another_is_ready(cluster):
+    """Its instances have nowhere to go: DOWN would make them wait for it and then restart every
+    engine on it (one machine whose worker was away longer than the grace). NOT_READY instead, its
+    reservations kept, nothing told; once another node is READY it is DOWN and its instances move."""
+    client, handle = cluster
+    listener = await client.start_workflow(ListeningDeployment.run, id=workflow_id("dep"), task_queue=CONTROL_TASK_QUEUE)
+    alone = await FakeNode(client, "fs").start()
+    other = None
+    try:
+        await reserve(handle, instance_id="dep-s", bytes=GIB)
+        alone.frozen.set()
+        await asyncio.sleep(GRACE_S * 2 + 1)
+        seen = await node_view(handle, "fs")
+        assert seen.status is NodeStatus.NOT_READY and seen.instances == ["dep-s"], seen
+        assert "no other node is READY" in (seen.reason or ""), seen.reason
+        assert "lost:fs" not in await listener.query("heard", result_type=list[str])
+        other = await FakeNode(client, "ft").start()
+        deadline = time.monotonic() + 5
+        while (seen := await node_view(handle, "fs")).status is not NodeStatus.DOWN:
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.1)
+        assert seen.instances == []
+        await asyncio.sleep(0.5)
+        assert "lost:fs" in await listener.query("heard", result_type=list[str])
+    finally:
+        await listener.terminate()
+        for node in (alone, other):
+            if node is not None:
+                await node.stop()
+
+
+async def test_a_node_alone_whose_worker_comes_back_late_keeps_its_instances(cluster):
+    client, handle = cluster
+    alone = await FakeNode(client, "fu").start()
+    await reserve(handle, instance_id="dep-u", bytes=GIB)
+    alone.frozen.set()
+    await asyncio.sleep(GRACE_S * 2 + 1)
+    assert (await node_view(handle, "fu")).status is NodeStatus.NOT_READY
+    await alone.stop()
+    again = await FakeNode(client, "fu").start()  # its worker restarted, long after the grace
+    try:
+        seen = await node_view(handle, "fu")
+        assert seen.status is NodeStatus.READY and seen.instances == ["dep-u"], seen
+    finally:
+        await again.stop()
+
+
 async def test_continue_as_new_carries_the_view_and_presence_goes_on():
     """With a short history limit: many reservations make the workflow continue as new; the nodes,
     their status and the reservations carry over, and the new run watches the nodes' presence."""

@@ -111,8 +111,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         activities=[check_spec, reserve_instance, release_instance],
         workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=timedelta(seconds=2),
-        # a restarted worker takes over the workflows of the dead one after this (default 10 s)
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
+        # a restarted worker takes over the workflows of the dead one after this (default 10 s). It
+        # hosts the cluster workflow too: a restarted worker's join (a query, then an update) waits
+        # this long twice, and must land within the node's grace (8 s, less up to a quarter for the
+        # dead worker's last heartbeat) or the node is DOWN and, alone in its cluster, fences every
+        # engine it could have re-adopted. 3 s made that 7 s under the test suite's load.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
     )
     node = Worker(
         client,

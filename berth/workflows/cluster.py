@@ -279,7 +279,21 @@ class ClusterWorkflow:
             except asyncio.TimeoutError:
                 if self.nodes[node].facts.incarnation != incarnation:
                     return
+        if not self._another_ready(node):
+            # alone (one machine, or the others are down too): its instances have nowhere to go, and
+            # DOWN would only make them wait for this node and then restart every engine on it.
+            # NOT_READY keeps its reservations for its worker to re-adopt when it joins again; DOWN
+            # the moment another node is READY (then they can move).
+            joins = self._joins.get(node, 0)
+            view.status, view.since = NodeStatus.NOT_READY, workflow.now()
+            view.reason = f"{reason}; no other node is READY to take its instances"
+            await workflow.wait_condition(lambda: self._joins.get(node, 0) != joins or self._another_ready(node))
+            if self._joins.get(node, 0) != joins or self.nodes[node].facts.incarnation != incarnation:
+                return
         self._down(node, reason)
+
+    def _another_ready(self, node: str) -> bool:
+        return any(view.status is NodeStatus.READY for other, view in self.nodes.items() if other != node)
 
     def _down(self, node: str, reason: str) -> None:
         view = self.nodes[node]
