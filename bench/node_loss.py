@@ -21,15 +21,15 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 
+from bench.chat_load import open_loop_chats, until_state
 from bench.common import Bench, Row, bare_argv, ms, percentile, spawn_bare, spec, stop_bare, wait_healthy
 from berth.domain.cluster import CLUSTER_WORKFLOW_ID, NODES_QUERY, ClusterView, NodeStatus
 from berth.node.route_table import RouteTable
 from berth.settings import Settings
 from berth.testing.cluster_harness import Cluster
-from berth.testing.harness import deployment_state, free_port, start_deployment
+from berth.testing.harness import free_port, start_deployment
 from berth.worker.gateway import static_config
 
 IDS = {"P9"}
@@ -65,44 +65,13 @@ async def _view(client) -> ClusterView:
     return await client.get_workflow_handle(CLUSTER_WORKFLOW_ID).query(NODES_QUERY, result_type=ClusterView)
 
 
-async def _until(client, name: str, predicate, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = await deployment_state(client, name)
-        if predicate(state) or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.05)
-
-
 def _spans_nodes(settings: Settings, deployment: str) -> bool:
     """Whether this node's gateway route lists servers behind other nodes' gateways (the mesh)."""
     return "/_berth/peer/" in str(RouteTable(settings.routes_dir).route(deployment) or "")
 
 
 async def _load(url: str, headers: dict, stop: asyncio.Event) -> tuple[list[float], list[str]]:
-    latencies: list[float] = []
-    failures: list[str] = []
-
-    async def one(http: httpx.AsyncClient) -> None:
-        started = time.perf_counter()
-        try:
-            answer = await http.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-            if answer.status_code == 200:
-                latencies.append(time.perf_counter() - started)
-            else:
-                failures.append(f"{answer.status_code} {answer.text[:80]}")
-        except httpx.HTTPError as error:
-            failures.append(repr(error)[:120])
-
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as http:
-        tasks, start, n = [], time.perf_counter(), 0
-        while not stop.is_set():
-            tasks.append(asyncio.ensure_future(one(http)))
-            n += 1
-            await asyncio.sleep(max(0.0, start + n / RATE - time.perf_counter()))
-        await asyncio.gather(*tasks)
-    return latencies, failures
+    return await open_loop_chats(url, headers, RATE, lambda: not stop.is_set())
 
 
 async def _bare_start(bench: Bench, model: Path, template: list[str] | None) -> float:
@@ -123,7 +92,7 @@ async def run(bench: Bench) -> None:
         client = await cluster.client()
         name = "p9-node-loss"
         await start_deployment(client, spec(name, model, replicas=2, context_size=1024))
-        state = await _until(client, name, lambda s: s.ready_replicas == 2)
+        state = await until_state(client, name, lambda s: s.ready_replicas == 2)
         nodes = sorted(i.node for i in state.instances)
         if len(set(nodes)) != 2:
             raise RuntimeError(f"the two instances are not on two nodes: {nodes}")
@@ -147,7 +116,7 @@ async def run(bench: Bench) -> None:
                 down_s = time.monotonic() - killed_at
                 break
             await asyncio.sleep(0.05)
-        after = await _until(client, name, lambda s: s.ready_replicas == 2 and all(
+        after = await until_state(client, name, lambda s: s.ready_replicas == 2 and all(
             i.node != victim.node for i in s.instances), GRACE_S + 60)
         serving_s = time.monotonic() - killed_at
         replaced = after.ready_replicas == 2 and all(i.node != victim.node for i in after.instances)

@@ -13,8 +13,8 @@ import os
 import signal
 import time
 
-import httpx
 
+from bench.chat_load import open_loop_chats, until_state
 from bench.common import Bench, Row, auth_headers, bare_argv, ms, percentile, spawn_bare, spec, stop, stop_bare, wait_healthy
 from berth.domain.temporal_names import RECONFIGURE_UPDATE, workflow_id
 from berth.testing.harness import deployment_state, free_port, start_deployment
@@ -27,49 +27,19 @@ REPLICAS = 2
 async def _load(stack, name: str, seconds: float, during=None) -> tuple[list[float], list[str]]:
     """Open-loop load for `seconds`; `during(elapsed)` is awaited once, in parallel, from the start."""
     url = f"{stack.settings.gateway_url}/models/{name}/v1/chat/completions"
-    latencies: list[float] = []
-    failures: list[str] = []
-
-    async def one(http: httpx.AsyncClient) -> None:
-        started = time.perf_counter()
-        try:
-            answer = await http.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-            if answer.status_code == 200:
-                latencies.append(time.perf_counter() - started)
-            else:
-                failures.append(f"{answer.status_code} {answer.text[:80]}")
-        except httpx.HTTPError as error:
-            failures.append(repr(error)[:120])
-
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(headers=auth_headers(stack), timeout=60, limits=limits) as http:
-        side = asyncio.ensure_future(during()) if during else None
-        tasks, start = [], time.perf_counter()
-        n = 0
-        while time.perf_counter() - start < seconds:
-            tasks.append(asyncio.ensure_future(one(http)))
-            n += 1
-            await asyncio.sleep(max(0.0, start + n / RATE - time.perf_counter()))
-        await asyncio.gather(*tasks)
-        if side:
-            await side
-    return latencies, failures
-
-
-async def _until(client, name: str, predicate, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = await deployment_state(client, name)
-        if predicate(state) or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.05)
+    side = asyncio.ensure_future(during()) if during else None
+    start = time.perf_counter()
+    answered = await open_loop_chats(url, auth_headers(stack), RATE, lambda: time.perf_counter() - start < seconds)
+    if side:
+        await side
+    return answered
 
 
 async def run(bench: Bench, stack, client) -> None:
     seconds = bench.runs(20, 10)
     name = "p7-replicas"
     await start_deployment(client, spec(name, bench.tiny_model(), replicas=REPLICAS, context_size=1024))
-    state = await _until(client, name, lambda s: s.ready_replicas == REPLICAS)
+    state = await until_state(client, name, lambda s: s.ready_replicas == REPLICAS)
     calm, calm_failed = await _load(stack, name, seconds)
 
     victim = state.instances[1]
@@ -79,7 +49,7 @@ async def run(bench: Bench, stack, client) -> None:
         os.kill(victim.pid, signal.SIGKILL)
 
     killed, killed_failed = await _load(stack, name, seconds, kill_at_5s)
-    back = await _until(
+    back = await until_state(
         client, name, lambda s: s.ready_replicas == REPLICAS and s.instances[1].pid not in (None, victim.pid)
         and s.instances[1].routed, 60,
     )
@@ -102,7 +72,7 @@ async def run(bench: Bench, stack, client) -> None:
     async def reconfigure() -> None:
         started = time.perf_counter()
         await handle.execute_update(RECONFIGURE_UPDATE, {"context_size": 2048})
-        done = await _until(client, name, lambda s: s.spec.context_size == 2048 and s.rollout is None
+        done = await until_state(client, name, lambda s: s.spec.context_size == 2048 and s.rollout is None
                             and len(s.instances) == REPLICAS and s.ready_replicas == REPLICAS, 120)
         rolled["s"], rolled["state"] = time.perf_counter() - started, done
 

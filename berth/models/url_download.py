@@ -9,7 +9,6 @@ lock file next to it.
 """
 
 import asyncio
-import fcntl
 import hashlib
 import os
 import shutil
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from berth.common.file_lock import ExclusiveLock
 from berth.domain.model_reference import UrlReference
 
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 0.5
-LOCK_POLL_S = 0.2
 
 
 class DownloadError(Exception):
@@ -61,7 +60,7 @@ async def download_url(
 ) -> DownloadedFile:
     """`reference` fetched to `target` (resuming a partial one). Raises DownloadError."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    async with _exclusive(target):
+    async with ExclusiveLock(target.with_name(target.name + ".lock")):
         if target.exists() and not partial_path(target).exists():
             # whole already: another deployment fetched it while this one waited for the lock (only
             # whole files are ever renamed into place)
@@ -185,30 +184,3 @@ def _hash_prefix(part: Path, size: int) -> "hashlib._Hash":
             while chunk := existing.read(CHUNK_BYTES):
                 digest.update(chunk)
     return digest
-
-
-class _exclusive:
-    """An flock on `<target>.lock`, waited for without blocking the event loop."""
-
-    def __init__(self, target: Path):
-        self._path = target.with_name(target.name + ".lock")
-        self._fd: int | None = None
-
-    async def __aenter__(self) -> None:
-        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                try:
-                    await asyncio.sleep(LOCK_POLL_S)
-                except BaseException:
-                    os.close(fd)
-                    raise
-        self._fd = fd
-
-    async def __aexit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock
-            self._fd = None

@@ -17,7 +17,6 @@ again only when the deploy may fetch (else MUST_REDOWNLOAD).
 """
 
 import asyncio
-import fcntl
 import hashlib
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from berth.common.file_lock import ExclusiveLock
 from berth.domain.model_format import format_of_name
 from berth.domain.model_reference import NodeReference
 from berth.domain.state import DownloadProgress
@@ -47,7 +47,6 @@ from berth.node.file_source import announced_sha256, ask, file_url, raise_for_st
 
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 0.5
-LOCK_POLL_S = 0.2
 
 ProgressCallback = Callable[[DownloadProgress], None]
 
@@ -110,7 +109,7 @@ async def copy_from_node(
         )
     folder = copy_folder(reference, models_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    async with _exclusive(folder / ".lock"):
+    async with ExclusiveLock(folder / ".lock"):
         cached = cached_copy(reference, models_dir, may_refetch)  # another deployment copied it meanwhile
         if cached is not None:
             return cached
@@ -301,30 +300,3 @@ def _hash_prefix(path: Path, size: int) -> "hashlib._Hash":
             digest.update(chunk)
             left -= len(chunk)
     return digest
-
-
-class _exclusive:
-    """An flock on `path`, waited for without blocking the event loop (one copy per model at a time)."""
-
-    def __init__(self, path: Path):
-        self._path = path
-        self._fd: int | None = None
-
-    async def __aenter__(self) -> None:
-        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                try:
-                    await asyncio.sleep(LOCK_POLL_S)
-                except BaseException:
-                    os.close(fd)
-                    raise
-        self._fd = fd
-
-    async def __aexit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
