@@ -213,8 +213,16 @@ def test_the_nodes_page_and_an_instances_node(page, stack, api, tiny_gguf, name)
         node.locator(".status:has-text('READY')").wait_for(timeout=30_000)
         text = node.inner_text()
         assert "test-node" in text and "MiB" in text or "GiB" in text
-        placed = re.search(r'^berth_node_instances\{node="test-node"\} (\d+)$', api.get("/metrics").text, re.M)
-        assert placed and node.locator("td").nth(7).inner_text() == placed.group(1)  # instances placed there
+        # instances placed there: the page (polled every second) shows what /metrics counts; both read
+        # the cluster's view, each at its own moment, so they are compared until they agree
+        deadline = time.monotonic() + 10
+        while True:
+            placed = re.search(r'^berth_node_instances\{node="test-node"\} (\d+)$', api.get("/metrics").text, re.M)
+            shown = node.locator("td").nth(7).inner_text()
+            if placed and shown == placed.group(1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert placed and shown == placed.group(1), (shown, placed)
         # Drain asks first; dismissed, nothing is sent and the node stays READY
         page.once("dialog", lambda dialog: dialog.dismiss())
         node.get_by_role("button", name="Drain").click()
