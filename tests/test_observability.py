@@ -215,3 +215,14 @@ def test_a_worker_whose_metrics_port_is_taken_serves_without(tmp_path, caplog):
         assert worker_runtime(settings(tmp_path, BERTH_WORKER_METRICS_PORT=str(port))) is None
     assert "no metrics" in caplog.text
     assert worker_runtime(settings(tmp_path, BERTH_WORKER_METRICS_PORT="0")) is None
+
+
+def test_the_model_search_attribute_is_cut_by_bytes_at_a_character_boundary():
+    from berth.domain.temporal_names import KEYWORD_LIMIT_BYTES, keyword_value
+
+    assert keyword_value("/models/q.gguf") == "/models/q.gguf"
+    long_ascii = "/m/" + "a" * 4093
+    assert keyword_value(long_ascii) == long_ascii[:KEYWORD_LIMIT_BYTES]
+    wide = "/models/" + "模" * 1300  # 3 bytes each: 3,908 bytes in 1,308 characters
+    cut = keyword_value(wide)
+    assert len(cut.encode()) <= KEYWORD_LIMIT_BYTES and wide.startswith(cut) and len(cut.encode()) > KEYWORD_LIMIT_BYTES - 3

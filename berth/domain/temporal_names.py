@@ -16,6 +16,14 @@ ENGINE_ATTRIBUTE = "BerthEngine"
 MODEL_ATTRIBUTE = "BerthModel"
 REPLICAS_ATTRIBUTE = "BerthReplicas"  # "<ready>/<desired>", e.g. "2/3"
 SEARCH_ATTRIBUTES = (STATUS_ATTRIBUTE, ENGINE_ATTRIBUTE, MODEL_ATTRIBUTE, REPLICAS_ATTRIBUTE)
+KEYWORD_LIMIT_BYTES = 2048  # what Temporal keeps of a Keyword value, by default
+
+
+def keyword_value(text: str, limit_bytes: int = KEYWORD_LIMIT_BYTES) -> str:
+    """`text` cut to what a Keyword search attribute holds: Temporal counts its bytes, not its
+    characters; cut at a UTF-8 character boundary. A longer value fails the workflow task at every
+    attempt (the spec allows 4096 characters: up to 16 KB)."""
+    return text.encode()[:limit_bytes].decode("utf-8", "ignore")
 
 
 def workflow_id(deployment: str) -> str:

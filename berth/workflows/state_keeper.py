@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         MODEL_ATTRIBUTE,
         REPLICAS_ATTRIBUTE,
         STATUS_ATTRIBUTE,
+        keyword_value,
     )
     from berth.domain.ui_details import current_details
 
@@ -129,7 +130,7 @@ class StateKeeper:
     def upsert_search_attributes(self) -> None:
         updates = [
             BERTH_STATUS.value_set(self.state.status.value),
-            BERTH_MODEL.value_set(self.state.spec.model[:2048]),
+            BERTH_MODEL.value_set(keyword_value(self.state.spec.model)),
             BERTH_REPLICAS.value_set(f"{self.state.ready_replicas}/{self.state.replicas}"),
         ]
         if self.state.engine:

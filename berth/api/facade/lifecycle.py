@@ -40,6 +40,7 @@ from berth.domain.temporal_names import (
     STATE_QUERY,
     STOP_SIGNAL,
     WORKFLOW_TYPE,
+    keyword_value,
     workflow_id,
 )
 from berth.domain.ui_details import static_details, static_summary
@@ -122,7 +123,7 @@ class Deployments:
                     search_attributes=TypedSearchAttributes(
                         [
                             SearchAttributePair(BERTH_STATUS, DeploymentStatus.REQUESTED.value),
-                            SearchAttributePair(BERTH_MODEL, spec.model[:2048]),
+                            SearchAttributePair(BERTH_MODEL, keyword_value(spec.model)),
                         ]
                     ),
                 )
