@@ -285,6 +285,11 @@ def start_failure(error: Exception) -> str:
     return f"{said.split(';')[0]} ({last[:170]})"
 
 
+# the node's capacity for the cluster's placement, for the rows that run hundreds of tiny instances
+# on one node (P5a, P5b): their plans (259 MiB each) would hold ~85 of them on this machine
+OVERCOMMIT = {"BERTH_NODE_CAPACITY": "4TiB"}
+
+
 @contextlib.contextmanager
 def stack_session(bench: Bench, label: str, extra_env: dict[str, str] | None = None, stop_timeout_s: float = 90,
                   ports: int = 300):

@@ -72,6 +72,7 @@ DEFAULT_IS_RIGHT = {
     "BERTH_NODE_ADDRESS": "127.0.0.1 on one machine; each machine of a cluster sets its own",
     "BERTH_NODE_GRACE_S": "8 s before a silent node is DOWN (docs/cluster.md)",
     "BERTH_FILES_PORT": "8084 on the host's loopback (the worker uses the host's network)",
+    "BERTH_NODE_CAPACITY": "the node's memory budget; set only to overcommit on purpose",
     "BERTH_DRAIN_TIMEOUT_S": "read by `berth join` only; compose nodes are drained with `berth drain --wait`",
     "BERTH_TEMPORAL_BIND": "only `berth up`'s embedded dev server; compose publishes Temporal with BERTH_TEMPORAL_PUBLISH",
     "BERTH_TEMPORAL_NAMESPACE": "compose's Temporal has the namespace `default`; the node file passes it for a Temporal of your own",

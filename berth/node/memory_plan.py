@@ -21,6 +21,7 @@ from berth.node.model_facts_cache import cached_model_facts
 
 log = logging.getLogger(__name__)
 MEMORY_LIMIT_ENV = "BERTH_MEMORY_LIMIT"
+NODE_CAPACITY_ENV = "BERTH_NODE_CAPACITY"
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
@@ -35,6 +36,15 @@ def parse_bytes(text: str) -> int:
 def memory_limit() -> int | None:
     """BERTH_MEMORY_LIMIT: the most memory berth's engines may use on this node (unset: no limit)."""
     raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    return parse_bytes(raw) if raw else None
+
+
+def node_capacity() -> int | None:
+    """BERTH_NODE_CAPACITY: the memory this node offers the cluster's placement, in place of its
+    memory budget (unset: the budget). Set above the budget, it overcommits on purpose: instances
+    whose plan overestimates what they use (tiny models: 256 MiB of fixed overhead each) pack
+    tighter, at the risk of a real OOM."""
+    raw = os.environ.get(NODE_CAPACITY_ENV, "").strip()
     return parse_bytes(raw) if raw else None
 
 
