@@ -6,8 +6,10 @@ import re
 
 import pytest
 
-from berth.domain.errors import ErrorCode
+from berth.domain.errors import ErrorCode, Failure
 from berth.domain.guidance import GuidanceFacts, guidance_for
+from berth.domain.hardware import Hardware
+from berth.node.engine_watch import with_gpu_driver
 
 FULL = GuidanceFacts(
     deployment="qwen-chat",
@@ -186,3 +188,20 @@ def test_facts_are_a_frozen_pydantic_model_that_round_trips():
     assert GuidanceFacts.model_validate(data) == FULL
     with pytest.raises(Exception):
         FULL.context_size = 1  # type: ignore[misc]
+
+
+def test_a_cuda_error_carries_the_nodes_driver_and_cuda_versions_into_its_guidance():
+    """The node stamps the versions its probe saw (NVML) on a CUDA_ERROR; the workflow passes them to
+    the guidance. Other failures, and nodes without an NVIDIA driver, carry none."""
+    gpu_node = Hardware(os="Linux", arch="x86_64", cpu_cores=8, ram_total=2**35, ram_available=2**34,
+                        driver_version="550.54.15", cuda_version="12.4")
+    cpu_node = gpu_node.model_copy(update={"driver_version": None, "cuda_version": None})
+    cuda = Failure(code=ErrorCode.CUDA_ERROR, message="CUDA error: no kernel image is available")
+    stamped = with_gpu_driver(cuda, gpu_node)
+    assert (stamped.driver_version, stamped.cuda_version) == ("550.54.15", "12.4")
+    assert with_gpu_driver(cuda, cpu_node) == cuda
+    oom = Failure(code=ErrorCode.OOM, message="CUDA out of memory")
+    assert with_gpu_driver(oom, gpu_node) == oom
+    advice = guidance_for(ErrorCode.CUDA_ERROR, GuidanceFacts(engine="vllm", driver_version=stamped.driver_version,
+                                                              cuda_version=stamped.cuda_version))
+    assert "driver 550.54.15" in advice and "CUDA 12.4" in advice

@@ -30,3 +30,6 @@ class Failure(BaseModel):
     suggested_context_size: int | None = None
     # MUST_REDOWNLOAD: the files berth had fetched that are gone
     missing_files: list[str] = Field(default_factory=list)
+    # CUDA_ERROR: the node's NVIDIA driver and the CUDA version it supports (its guidance names them)
+    driver_version: str | None = None
+    cuda_version: str | None = None

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from berth.domain.diagnostics import classify_exit, classify_log
 from berth.domain.errors import ErrorCode, Failure
+from berth.domain.hardware import Hardware
 from berth.domain.pipeline import EngineHandle
 from berth.engines.registry import get_engine
 from berth.node import container_runtime, process_runtime
 from berth.node.engine_records import EngineRecord, EngineRecords
+from berth.node.hardware import probe_hardware
 from berth.node.logs import read_lines_since
 from berth.settings import Settings
 
@@ -68,6 +70,9 @@ class EngineView:
 
     def exit_failure(self) -> Failure:
         """Why the engine is gone: its exit status and its own log lines, classified."""
+        return with_gpu_driver(self._exit_failure())
+
+    def _exit_failure(self) -> Failure:
         if self.record is None:
             return Failure(
                 code=ErrorCode.CONTAINER_EXITED,
@@ -101,11 +106,11 @@ class EngineView:
         lines = self.log_lines(50)
         diagnosis = classify_log(lines, get_engine(self.handle.engine).log_patterns)
         if diagnosis is not None:
-            return Failure(
+            return with_gpu_driver(Failure(
                 code=diagnosis.code,
                 message=f"{message}: {diagnosis.primary.text.strip()}",
                 log_lines=[match.text for match in diagnosis.matched],
-            )
+            ))
         return Failure(code=ErrorCode.RUNTIME_ERROR, message=message, log_lines=lines[-20:])
 
     async def wait_for_exit(self, timeout_s: float, watch: "HeldExitWatch | None" = None) -> bool:
@@ -200,3 +205,15 @@ class HeldExitWatch:
             self._loop.remove_reader(self._fd)
             self._exited.cancel()
         os.close(self._fd)
+
+
+def with_gpu_driver(failure: Failure, hardware: Hardware | None = None) -> Failure:
+    """A CUDA_ERROR carries this node's NVIDIA driver and CUDA versions, which its guidance names
+    (the probe is cached: no NVML call per failure). Any other failure, or a node whose probe saw no
+    driver, is returned as it is."""
+    if failure.code is not ErrorCode.CUDA_ERROR:
+        return failure
+    hardware = hardware or probe_hardware()
+    if not (hardware.driver_version or hardware.cuda_version):
+        return failure
+    return failure.model_copy(update={"driver_version": hardware.driver_version, "cuda_version": hardware.cuda_version})

@@ -149,6 +149,8 @@ class StateKeeper:
             exit_code=failure.exit_code,
             signal=failure.signal,
             missing_files=failure.missing_files,
+            driver_version=failure.driver_version,
+            cuda_version=failure.cuda_version,
         )
 
 
