@@ -19,7 +19,7 @@ import pytest
 from berth.domain.spec import MAX_REPLICAS, DeploymentSpec
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus as S
-from berth.domain.temporal_names import SCALE_UPDATE, workflow_id
+from berth.domain.temporal_names import RECONFIGURE_UPDATE, SCALE_UPDATE, workflow_id
 from berth.node.ports import PortRegistry, port_is_free
 from berth.node.route_table import RouteTable
 from berth.testing.harness import RunningStack, deployment_state, engine_processes, start_deployment, wait_for_status
@@ -154,7 +154,7 @@ async def test_three_replicas_serve_behind_one_route_each_a_fair_share(stack, cl
 async def test_scale_up_and_down_under_load_drops_nothing(stack, client, tiny_gguf, name, api):
     await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), context_size=1024))
     await wait_for_status(client, name, S.DEPLOYED)
-    with Load(stack, name, rate=10) as load:
+    with Load(stack, name, rate=20) as load:
         answer = api.post(f"/v1/deployments/{name}/scale", json={"replicas": 3})
         assert answer.status_code == 202, answer.text
         three = await until(client, name, lambda s: s.ready_replicas == 3 and len(s.route_ports or []) == 3, 90)
@@ -163,13 +163,63 @@ async def test_scale_up_and_down_under_load_drops_nothing(stack, client, tiny_gg
         assert answer.status_code == 202, answer.text
         one = await until(client, name, lambda s: len(s.instances) == 1 and s.ready_replicas == 1, 60)
         await asyncio.sleep(1.0)
-    assert load.failed == [] and load.ok > 20, (load.failed[:5], load.ok)
+    assert load.failed == [] and load.ok > 40, (load.failed[:5], load.ok)
     assert one.instances[0].instance_id == three.instances[0].instance_id, "the oldest stays"
+    drained = [t.detail for t in one.transitions if " drained: " in t.detail]
+    assert len(drained) == 2 and all("no request in flight" in detail for detail in drained), drained
     assert len(engine_processes(stack.settings.home, name)) == 1
     assert route_servers(stack, name) == [f"http://127.0.0.1:{one.instances[0].port}"]
     gone = [instance.port for instance in three.instances[1:]]
     assert all(port_is_free(port) for port in gone)
     await stop_and_check_gone(stack, client, name, one)
+
+
+async def test_a_scale_down_waits_for_the_long_answers_in_flight_on_the_instance_it_stops(stack, client, tiny_gguf, name):
+    """The drain waits on the engine's own count of requests in flight: long streamed answers that
+    the retired instance is still generating end whole (a fixed 1 s drain cut them)."""
+    spec = DeploymentSpec(name=name, model=str(tiny_gguf), replicas=2, context_size=4096)
+    await start_deployment(client, spec)
+    two = await until(client, name, lambda s: s.ready_replicas == 2 and len(s.route_ports or []) == 2, 90)
+    # a change of the drain timeout alone replaces no instance
+    await client.get_workflow_handle(workflow_id(name)).execute_update(RECONFIGURE_UPDATE, {"drain_timeout_s": 90})
+    same = await until(client, name, lambda s: s.spec.drain_timeout_s == 90 and s.rollout is None, 30)
+    assert [(i.instance_id, i.pid) for i in same.instances] == [(i.instance_id, i.pid) for i in two.instances]
+    token = stack.api_token()
+    url = f"{stack.settings.gateway_url}/models/{name}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "ignore_eos": True, "stream": True}
+
+    async def long_answer(http: httpx.AsyncClient) -> tuple[int, int, bool]:
+        chunks, done = 0, False
+        async with http.stream("POST", url, json=body) as response:
+            async for line in response.aiter_lines():
+                chunks += line.startswith("data: {")
+                done = done or line == "data: [DONE]"
+        return response.status_code, chunks, done
+
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+        answers = [asyncio.create_task(long_answer(http)) for _ in range(8)]
+        retired = two.instances[1]  # the newest goes
+        deadline = time.monotonic() + 20
+        while served_in_flight(retired.port) == 0:  # some of the answers are on the one that goes
+            assert time.monotonic() < deadline, "no answer reached the second instance"
+            await asyncio.sleep(0.05)
+        scaled = await client.get_workflow_handle(workflow_id(name)).execute_update(
+            SCALE_UPDATE, {"replicas": 1}, result_type=DeploymentState
+        )
+        assert scaled.spec.replicas == 1
+        one = await until(client, name, lambda s: len(s.instances) == 1, 120)
+        results = await asyncio.gather(*answers)
+    assert all(status == 200 and done and chunks >= 1500 for status, chunks, done in results), results
+    drained = [t.detail for t in one.transitions if f"{retired.instance_id} drained: " in t.detail]
+    assert len(drained) == 1 and "no request in flight" in drained[0], drained
+    assert port_is_free(retired.port) and len(engine_processes(stack.settings.home, name)) == 1
+    await stop_and_check_gone(stack, client, name, one)
+
+
+def served_in_flight(port: int) -> int:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts = dict(re.findall(r"^(llamacpp:[a-z_]+)\s+([0-9.e+]+)$", text, re.M))
+    return int(float(counts["llamacpp:requests_processing"]) + float(counts["llamacpp:requests_deferred"]))
 
 
 async def test_a_scale_beyond_memory_or_range_is_refused_with_the_reason(stack, client, tiny_gguf, name, api):

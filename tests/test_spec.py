@@ -5,7 +5,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from berth.domain.spec import DeploymentSpec, RestartPolicy, SpecPatch
+from berth.domain.spec import DeploymentSpec, RestartPolicy, SpecPatch, same_instances
 
 
 @pytest.mark.parametrize("name", ["a", "qwen-small", "m0", "x" * 63, "9lives"])
@@ -76,3 +76,15 @@ def test_a_malformed_url_or_hub_reference_is_refused_with_the_spec(model, says):
     with pytest.raises(ValidationError, match=re.escape(says)):
         DeploymentSpec(name="m", model="/m.gguf").patched(SpecPatch(model=model))
     assert DeploymentSpec(name="m", model="hf:org/repo@v1:m.gguf").model == "hf:org/repo@v1:m.gguf"
+
+
+def test_drain_timeout_defaults_to_30_s_is_bounded_and_alone_needs_no_new_instances():
+    spec = DeploymentSpec(name="d", model="/m.gguf")
+    assert spec.drain_timeout_s == 30.0
+    for bad in (-1, 3601):
+        with pytest.raises(ValidationError, match="drain_timeout_s"):
+            DeploymentSpec(name="d", model="/m.gguf", drain_timeout_s=bad)
+    shorter = spec.patched(SpecPatch(drain_timeout_s=0))
+    assert shorter.drain_timeout_s == 0 and same_instances(spec, shorter)
+    assert same_instances(spec, spec.model_copy(update={"replicas": 3}))
+    assert not same_instances(spec, spec.patched(SpecPatch(context_size=2048, drain_timeout_s=0)))

@@ -20,6 +20,7 @@ LAUNCH_ENGINE = "launch_engine"
 AWAIT_READY = "await_ready"
 SUPERVISE = "supervise"
 STOP_ENGINE = "stop_engine"
+DRAIN_ENGINE = "drain_engine"
 
 
 class EngineChoice(BaseModel):
@@ -138,3 +139,21 @@ class EngineOutcome(BaseModel):
 
 class StopRequest(BaseModel):
     instance_id: str
+
+
+class DrainRequest(BaseModel):
+    """Wait, before an instance that left the route is stopped, until its engine has no request in
+    flight (berth.node.drain), at most `timeout_s`."""
+
+    instance_id: str
+    timeout_s: float
+
+
+class DrainOutcome(BaseModel):
+    """How a drain ended: `idle` (nothing in flight), or not after `waited_s` with `in_flight` left
+    (None: the engine cannot say; its drain was a fixed wait). `detail` says it in words."""
+
+    idle: bool
+    waited_s: float
+    in_flight: int | None = None
+    detail: str = ""

@@ -15,6 +15,13 @@ MAX_CONTEXT_SIZE = 1_048_576
 # The most instances one deployment may run (docs/replicas.md): every instance is a round of
 # activities and a server in the route; beyond this, deploy another model name or a bigger node.
 MAX_REPLICAS = 16
+# How long an instance leaving the route may finish the requests it has (docs/replicas.md#draining):
+# long streamed answers take tens of seconds; Kubernetes' default grace period is the same 30 s.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+MAX_DRAIN_TIMEOUT_S = 3600.0
+# Fields that say how berth treats the instances, not what an instance runs: a spec that changes
+# only these is taken as it is, without new instances (reconfigure, retry).
+NOT_RUN_BY_INSTANCES = frozenset({"replicas", "drain_timeout_s"})
 
 EngineName = Literal["auto", "llamacpp", "vllm", "mlx"]
 
@@ -109,6 +116,11 @@ class DeploymentSpec(BaseModel):
         description="instances serving the model behind one route; 0 (keep the deployment, run nothing) "
         "only through `scale`",
     )
+    drain_timeout_s: float = Field(
+        DEFAULT_DRAIN_TIMEOUT_S, ge=0, le=MAX_DRAIN_TIMEOUT_S,
+        description="an instance that leaves the route (scale down, rollout, node drain) is stopped once "
+        "its engine has no request in flight, or after this many seconds",
+    )
 
     @field_validator("name")
     @classmethod
@@ -144,6 +156,11 @@ class DeploymentSpec(BaseModel):
         return DeploymentSpec.model_validate({**self.model_dump(), **changes})
 
 
+def same_instances(one: "DeploymentSpec", other: "DeploymentSpec") -> bool:
+    """Whether instances started with either spec run the same thing (NOT_RUN_BY_INSTANCES aside)."""
+    return one.model_dump(exclude=NOT_RUN_BY_INSTANCES) == other.model_dump(exclude=NOT_RUN_BY_INSTANCES)
+
+
 class SpecPatch(BaseModel):
     """The fields a `retry` may change. Unset fields keep their value."""
 
@@ -157,3 +174,4 @@ class SpecPatch(BaseModel):
     env: dict[str, str] | None = None
     public: bool | None = None
     restart: RestartPolicy | None = None
+    drain_timeout_s: float | None = Field(None, ge=0, le=MAX_DRAIN_TIMEOUT_S)

@@ -1,6 +1,7 @@
 """What every engine tells berth: what it serves, how to launch it, and how to tell loading from ready."""
 
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -73,6 +74,9 @@ class Engine(ABC):
     # where the engine serves Prometheus metrics on its port (None: it does not); the node lists it
     # for Prometheus while it serves (berth.node.engine_targets)
     metrics_path: str | None = None
+    # the series at metrics_path that count the requests the engine is working on or holds queued
+    # (summed): what a drain waits on (berth.node.drain); none: the engine cannot say
+    in_flight_series: tuple[str, ...] = ()
     log_patterns: tuple[LogPattern, ...] = ()  # failure lines only this engine prints
 
     @abstractmethod
@@ -102,6 +106,39 @@ class Engine(ABC):
         if response.status_code == 503:
             return Readiness.LOADING
         return Readiness.UNHEALTHY
+
+
+    async def in_flight(self, client: HttpProbe, base_url: str) -> int | None:
+        """Requests the engine is working on or holds queued, from its own metrics; None when it
+        cannot say (no such series, an answer that is not 200). A connection error is raised: the
+        caller tells a gone engine from a busy one."""
+        if not self.metrics_path or not self.in_flight_series:
+            return None
+        response = await client.get(base_url + self.metrics_path)
+        if response.status_code != 200:
+            return None
+        return in_flight_from_metrics(response.content.decode("utf-8", "replace"), self.in_flight_series)
+
+
+# a sample line of Prometheus' text format: name, optional labels (no "}" inside a label value is
+# assumed: engines' labels are model names and numbers), value
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+(\S+)")
+
+
+def in_flight_from_metrics(text: str, series: tuple[str, ...]) -> int | None:
+    """The sum of these gauges over every label set in a Prometheus text answer; None when none of
+    them is there."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        sample = _SAMPLE.match(line)
+        if sample is None or sample.group(1) not in series:
+            continue
+        try:
+            total += float(sample.group(2))
+        except ValueError:
+            continue
+        seen = True
+    return round(total) if seen else None
 
 
 def engine_threads() -> int:

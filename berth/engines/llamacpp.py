@@ -19,6 +19,7 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
     formats = frozenset({"gguf"})
     metrics_path = "/metrics"  # served because berth passes --metrics
+    in_flight_series = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
 
     def command(self, request: LaunchRequest) -> LaunchCommand:
         binary = llama_server_binary()

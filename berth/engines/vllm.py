@@ -110,6 +110,7 @@ class VllmEngine(Engine):
     name = "vllm"
     formats = frozenset({"safetensors"})
     metrics_path = "/metrics"  # vLLM's OpenAI server always serves it (vllm:* series)
+    in_flight_series = ("vllm:num_requests_running", "vllm:num_requests_waiting")
     log_patterns = (
         LogPattern(
             ErrorCode.CUDA_ERROR,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
+from berth.domain.cluster import CLUSTER_WORKFLOW_ID, NODES_QUERY, ClusterView, NodeStatus
 from berth.domain.spec import DeploymentSpec, RestartPolicy
 from berth.domain.state import DeploymentState
 from berth.domain.status import DeploymentStatus as S
@@ -76,6 +77,22 @@ async def _until(client: Client, name: str, predicate, timeout_s: float = 60) ->
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name}: condition not met; last state {state.model_dump_json(indent=1)}")
         await asyncio.sleep(0.05)
+
+
+async def _node_joined(client: Client, timeout_s: float = 60) -> None:
+    """Until the stack's node is READY in the cluster: a deployment started before waits for it, and
+    the `nodes_changed` that ends the wait would add route steps that a recording should not depend on."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            view = await client.get_workflow_handle(CLUSTER_WORKFLOW_ID).query(NODES_QUERY, result_type=ClusterView)
+            if any(node.status is NodeStatus.READY for node in view.nodes):
+                return
+        except Exception:  # noqa: BLE001 - not started yet, or busy: ask again until the deadline
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no node joined the cluster within {timeout_s:g} s")
+        await asyncio.sleep(0.1)
 
 
 async def run_success(stack: RunningStack, client: Client, tiny: Path) -> WorkflowHandle:
@@ -191,6 +208,7 @@ async def record(out_dir: Path, kinds: tuple[str, ...] = KINDS) -> dict[str, Pat
         stack = RunningStack(tmp_path / "home").start()
         try:
             client = await stack.client()
+            await _node_joined(client)
             runs = {
                 "success": lambda: run_success(stack, client, tiny),
                 "failure": lambda: run_failure(stack, client, garbage),

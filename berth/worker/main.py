@@ -14,6 +14,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from berth.activities.cluster import node_presence, release_instance, reserve_instance
+from berth.activities.drain import drain_engine
 from berth.activities.files import prepare_files
 from berth.activities.launch import launch_engine, stop_engine
 from berth.activities.placement import check_spec
@@ -50,6 +51,7 @@ NODE_ACTIVITIES = [
     launch_engine,
     await_ready,
     supervise,
+    drain_engine,
     stop_engine,
 ]
 # Every DEPLOYED engine holds one supervise activity: leave room for many.

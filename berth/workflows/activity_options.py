@@ -41,6 +41,19 @@ TEARDOWN: dict[str, Any] = dict(
     ),
 )
 ROUTE_TEARDOWN: dict[str, Any] = dict(TEARDOWN, schedule_to_start_timeout=ROUTE_TAKEN_WITHIN)
+
+
+def drain(timeout_s: float) -> dict[str, Any]:
+    """drain_engine: the deployment's drain timeout and a margin; a node that does not take it within
+    a few seconds (dead, frozen) is not waited for: the stop that follows is retried until it is
+    back. One attempt: a drain that failed is only a shorter drain."""
+    return dict(
+        schedule_to_start_timeout=ROUTE_TAKEN_WITHIN,
+        start_to_close_timeout=timedelta(seconds=timeout_s + 15),
+        heartbeat_timeout=timedelta(seconds=5),
+        retry_policy=RetryPolicy(maximum_attempts=1),
+        cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+    )
 # Watching an engine: cancelled with TRY_CANCEL (stop_engine is what really stops the engine),
 # heartbeats so that a dead worker is noticed and the watch resumes on the node's next worker.
 WATCH_RETRY = RetryPolicy(

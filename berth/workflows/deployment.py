@@ -20,7 +20,6 @@ docs/workflow-versioning.md.
 """
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -30,7 +29,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from berth.domain.cluster import NODE_DRAINING_SIGNAL, NODE_LOST_SIGNAL, NODES_CHANGED_SIGNAL, NodeEvent, RoutingNodes
     from berth.domain.replicas import cluster_refusal, scale_down_order, scale_refusal, status_after_report
-    from berth.domain.spec import DeploymentSpec, SpecPatch
+    from berth.domain.spec import DeploymentSpec, SpecPatch, same_instances
     from berth.domain.state import DeploymentState, DownloadProgress, InstanceState
     from berth.domain.status import WAITING_FOR_USER, DeploymentStatus, InstanceStatus
     from berth.domain.temporal_names import (
@@ -55,9 +54,6 @@ __all__ = [
     "BERTH_ENGINE", "BERTH_MODEL", "BERTH_REPLICAS", "BERTH_STATUS", "DeploymentInput", "DeploymentWorkflow", "ScaleRequest",
 ]
 
-# After an instance leaves the route and before its engine is stopped: Traefik applies the route
-# file ~0.1-0.2 s after it is written, and requests already sent to the engine finish.
-DRAIN_S = 1.0
 _FAILURES = (DeploymentStatus.ERROR, DeploymentStatus.FAILED, DeploymentStatus.MUST_REDOWNLOAD)
 
 
@@ -285,7 +281,7 @@ class DeploymentWorkflow(ClusterPart):
         self._leaving.add(instance.instance_id)
         if instance.routed:
             await self.sync_route()
-            await workflow.sleep(timedelta(seconds=DRAIN_S))
+            await self._drain(instance)
         await self._stop_instance(instance)
         await self.release(instance)
         if instance in self.state.instances:
@@ -297,6 +293,14 @@ class DeploymentWorkflow(ClusterPart):
             self.keep.transition(DeploymentStatus.DEPLOYING, "no instance serves after the scale down")
         else:
             self.keep.upsert_search_attributes()  # BerthReplicas
+
+    async def _drain(self, instance: InstanceState) -> None:
+        """Out of the route already: its requests in flight finish (berth.node.drain), at most the
+        spec's drain_timeout_s; what the drain saw goes into the transitions."""
+        if not instance.node or instance.pid is None:
+            return
+        outcome = await NodeSteps(instance).drain(self.state.spec.drain_timeout_s)
+        self.keep.transition(self.state.status, f"{instance.instance_id} drained: {outcome.detail}")
 
     async def _stop_instance(self, instance: InstanceState, release_port: bool = True) -> None:
         runner = self.runners.get(instance.instance_id)
@@ -318,7 +322,7 @@ class DeploymentWorkflow(ClusterPart):
         Every instance starts over, except when the spec is the same and some serve: then only
         those that wait for the user (FAILED, MUST_REDOWNLOAD) do."""
         spec, self._retry_spec = self._retry_spec, None
-        same = spec == self.state.spec and self.state.ready_replicas > 0
+        same = same_instances(spec, self.state.spec) and self.state.ready_replicas > 0
         self.state.spec = spec
         self.state.attempts = 0
         self._may_refetch = True  # the user asked: files that are gone are fetched again
@@ -337,7 +341,8 @@ class DeploymentWorkflow(ClusterPart):
 
     async def _accept_reconfigure(self) -> None:
         spec, self._rollout_spec = self._rollout_spec, None
-        if spec == self.state.spec:
+        if same_instances(spec, self.state.spec):  # nothing the instances run changes: no new ones
+            self.state.spec = spec
             self.state.rollout = None
             return
         if self.state.ready_replicas == 0:  # nothing serves: nothing to keep serving, start over with it

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from berth.domain.errors import ErrorCode, Failure
@@ -21,11 +21,14 @@ with workflow.unsafe.imports_passed_through():
         ALLOCATE_PORT,
         AWAIT_READY,
         CHECK_SPEC,
+        DRAIN_ENGINE,
         LAUNCH_ENGINE,
         PREPARE_FILES,
         RELEASE_PORT,
         STOP_ENGINE,
         SUPERVISE,
+        DrainOutcome,
+        DrainRequest,
         EngineHandle,
         EngineOutcome,
         LaunchRequest,
@@ -145,6 +148,22 @@ class NodeSteps:
         return result
 
     # ---- teardown -------------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> DrainOutcome:
+        """Once the instance left the route: until its engine has no request in flight, at most
+        `timeout_s`. Never raises: a drain that failed or was not taken is a drain that ended."""
+        request = DrainRequest(instance_id=self.instance.instance_id, timeout_s=timeout_s)
+        summary = self._on_node(f"drain: wait for requests in flight (at most {timeout_s:g} s)", self.instance.port)
+        try:
+            return await workflow.execute_activity(
+                DRAIN_ENGINE, request, task_queue=self.queue, result_type=DrainOutcome, summary=summary,
+                **options.drain(timeout_s),
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            detail = f"drain not done: {error.cause or error}"
+            return DrainOutcome(idle=False, waited_s=0.0, detail=detail[:500])
 
     async def stop_engine(self) -> None:
         request = StopRequest(instance_id=self.instance.instance_id)

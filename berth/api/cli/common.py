@@ -66,7 +66,8 @@ def deployment_spec(args: argparse.Namespace) -> dict:
     """The POST body: only what was given, the API fills in the defaults."""
     spec = {"name": args.name or name_from_model(args.model), "model": model_reference(args.model)}
     for option, field in (("engine", "engine"), ("context_size", "context_size"),
-                          ("startup_timeout", "startup_timeout_s"), ("replicas", "replicas")):
+                          ("startup_timeout", "startup_timeout_s"), ("replicas", "replicas"),
+                          ("drain_timeout", "drain_timeout_s")):
         if getattr(args, option, None) is not None:
             spec[field] = getattr(args, option)
     if getattr(args, "public", False):

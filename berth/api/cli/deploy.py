@@ -50,5 +50,10 @@ def add(commands) -> None:
     )
     deploy.add_argument("--startup-timeout", type=float, metavar="S", help="seconds to become ready (default 600)")
     deploy.add_argument("--replicas", type=int, metavar="N", help="instances behind the one route (default 1)")
+    deploy.add_argument(
+        "--drain-timeout", type=float, metavar="S",
+        help="how long an instance leaving the route (scale down, rollout) may finish its requests in "
+        "flight before it is stopped (default 30)",
+    )
     deploy.add_argument("--public", action="store_true", help="serve the model endpoint without the API token")
     deploy.add_argument("--wait", action="store_true", help="follow it until DEPLOYED (exit 0) or a failure (exit 1)")
