@@ -16,7 +16,11 @@ from berth.node.route_table import LOCK_FILE, ROUTES_FILE, STAGING_DIR, RouteTab
 from berth.node.routes import adopt_route_files, delete_route, route_config, routed, write_route
 from berth.common.api_token import ensure_api_token, load_api_token
 from berth.domain.pipeline import RouteRequest
+from berth.domain.spec import DeploymentSpec
+from berth.domain.status import DeploymentStatus
+from berth.domain.temporal_names import STOP_SIGNAL, workflow_id
 from berth.settings import Settings
+from berth.testing.harness import start_deployment, wait_for_status
 
 
 def test_route_strips_the_prefix_and_points_at_the_engine_alone():
@@ -26,7 +30,8 @@ def test_route_strips_the_prefix_and_points_at_the_engine_alone():
     assert router["middlewares"] == ["berth-qwen_strip"]
     assert config["http"]["middlewares"]["berth-qwen_strip"] == {"stripPrefix": {"prefixes": ["/models/qwen"]}}
     balancer = config["http"]["services"]["berth-qwen"]["loadBalancer"]
-    assert balancer == {"servers": [{"url": "http://127.0.0.1:20001"}]}, "no health check of Traefik's own"
+    # no health check of Traefik's own; a new connection per request (llama.cpp drops kept ones)
+    assert balancer == {"servers": [{"url": "http://127.0.0.1:20001"}], "serversTransport": "berth-upstream@file"}
 
 
 def test_with_a_token_the_fast_router_matches_it_and_the_fallback_asks_the_api():
@@ -217,3 +222,39 @@ class _Healthy(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+STREAMED_CHATS = 300
+MOST_CUT_BY_TRAEFIK = 0.02  # measured 0-0.4%; more is something else
+
+
+async def test_back_to_back_streamed_chats_through_a_one_engine_route_all_end_whole(stack, client, tiny_gguf, name):
+    """llama.cpp drops a kept-alive connection after a streamed answer without saying so; a gateway
+    that kept it sent the next request into the closed connection (502: 5 of 300 back-to-back
+    streamed chats here before). Each request now gets a connection of its own: no 502. What is
+    left is Traefik's own: now and then it cuts a streamed body it is copying ("ReverseProxy read
+    error during body copy: use of closed network connection", traefik/traefik#11767, open; 0-0.4%
+    measured through a bare Traefik 3.7, 0 of 2000 straight to the engine): counted, bounded."""
+    await start_deployment(client, DeploymentSpec(name=name, model=str(tiny_gguf), context_size=512))
+    await wait_for_status(client, name, DeploymentStatus.DEPLOYED)
+    url = f"{stack.settings.gateway_url}/models/{name}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
+    failed: list[str] = []
+    cut = 0
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {stack.api_token()}"}, timeout=60) as http:
+        for _ in range(STREAMED_CHATS):
+            try:
+                async with http.stream("POST", url, json=body) as response:
+                    lines = [line async for line in response.aiter_lines()]
+                if response.status_code != 200 or "data: [DONE]" not in lines:
+                    failed.append(f"{response.status_code} {lines[-1:] if lines else ''}")
+            except httpx.RemoteProtocolError as error:
+                if "incomplete chunked read" not in str(error):
+                    failed.append(repr(error))
+                cut += 1  # 200 and a part of the answer: Traefik's cut (above)
+            except httpx.HTTPError as error:
+                failed.append(repr(error))
+    await client.get_workflow_handle(workflow_id(name)).signal(STOP_SIGNAL)
+    await wait_for_status(client, name, DeploymentStatus.STOPPED)
+    assert failed == [], f"{len(failed)} of {STREAMED_CHATS} failed: {failed[:5]}"
+    assert cut <= STREAMED_CHATS * MOST_CUT_BY_TRAEFIK, f"{cut} of {STREAMED_CHATS} answers cut mid-body"
