@@ -117,3 +117,23 @@ def test_missing_model_exits_nonzero_naming_the_path(tmp_path: Path) -> None:
     log = log_path.read_text(errors="replace")
     assert f"failed to open GGUF file '{model}' (No such file or directory)" in log
     assert f"berth launcher: model failed to load: {model}" in log
+
+
+def test_a_port_with_closed_connections_in_time_wait_is_not_taken_a_listened_one_is():
+    """After a model that failed to load, the launcher tells a port in use from a load failure: the
+    readiness probes' closed connections (TIME_WAIT) on the port are not "in use"."""
+    from berth.engines.xllamacpp_server import port_is_taken
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert port_is_taken(HOST, port)
+    client = socket.create_connection((HOST, port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its end of the connection stays in TIME_WAIT
+    time.sleep(0.1)
+    client.close()
+    listener.close()
+    assert not port_is_taken(HOST, port)

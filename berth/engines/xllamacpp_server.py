@@ -162,7 +162,11 @@ def wait_for_stop_signal(received: list[int]) -> None:
 
 
 def port_is_taken(host: str, port: int) -> bool:
+    """Whether something listens on the port. SO_REUSEADDR, as llama.cpp's own listener sets it:
+    without it, the connections berth's readiness probes left in TIME_WAIT made a port that nothing
+    held look taken, and a model that failed to load was logged as "port in use"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
