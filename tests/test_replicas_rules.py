@@ -105,9 +105,11 @@ def test_state_counts_ready_and_degraded():
     assert dumped["ready_replicas"] == 2 and dumped["degraded"] is True
 
 
-def test_one_server_keeps_the_route_as_it_was_several_get_p2c_and_retry():
+def test_one_server_has_no_strategy_nor_retry_several_get_p2c_and_retry_both_a_new_connection_each():
     one = route_config(RouteRequest(deployment="q", ports=[9000], engine="llamacpp"), "tok")["http"]
-    assert one["services"]["berth-q"]["loadBalancer"] == {"servers": [{"url": "http://127.0.0.1:9000"}]}
+    assert one["services"]["berth-q"]["loadBalancer"] == {
+        "servers": [{"url": "http://127.0.0.1:9000"}], "serversTransport": "berth-upstream@file"
+    }
     assert list(one["middlewares"]) == ["berth-q_strip"]
     many = route_config(RouteRequest(deployment="q", ports=[9000, 9001], engine="llamacpp"), "tok")["http"]
     balancer = many["services"]["berth-q"]["loadBalancer"]
