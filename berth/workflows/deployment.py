@@ -80,6 +80,10 @@ class DeploymentWorkflow(ClusterPart):
         self._route_lock = asyncio.Lock()
         self._files_locks: dict[str, asyncio.Lock] = {}  # per node
         self._local_ports: dict[str, list[int]] = {}  # each node's own ports in the route, as last sent
+        self._announced = {  # serving instances carried over were reported by the run before
+            each.instance_id: each.pid for each in self.state.instances
+            if each.status is InstanceStatus.DEPLOYED and each.routed
+        }
         self._wake = False
         self._rollout_spec: DeploymentSpec | None = None  # set by a valid `reconfigure`
         self.nodes_seen = 0  # node events received: a runner waiting for a node asks again
@@ -231,6 +235,8 @@ class DeploymentWorkflow(ClusterPart):
 
     def report(self, instance: InstanceState, status: DeploymentStatus, detail: str) -> None:
         """An instance changed: what the deployment says then (berth.domain.replicas)."""
+        if status is not DeploymentStatus.DEPLOYED:
+            self._announced.pop(instance.instance_id, None)  # once it serves again, that is news
         new = status_after_report(status, instance.instance_id, self.state.instances)
         many = self.state.spec.replicas > 1 or len(self.state.instances) > 1
         if new is None:

@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from berth.domain.replicas import route_ports, route_servers
     from berth.domain.spec import DeploymentSpec
     from berth.domain.state import DeploymentState, InstanceState
+    from berth.domain.status import DeploymentStatus, InstanceStatus
 
 from berth.workflows.node_steps import NodeSteps, release, reserve
 from berth.workflows.route_fanout import publish, unpublish
@@ -29,6 +30,10 @@ class ClusterPart:
     _may_refetch: bool
     _wake: bool
     _local_ports: dict[str, list[int]]
+    _announced: dict[str, int | None]  # instance -> the pid whose serving was reported
+
+    def report(self, instance: InstanceState, status: DeploymentStatus, detail: str) -> None:
+        raise NotImplementedError  # DeploymentWorkflow.report
 
     async def prepare_files(self, node: NodeSteps, spec: DeploymentSpec, instance: InstanceState) -> PreparedModel:
         """The files, prepared on each node by one instance at a time (the first fetches, the next
@@ -97,3 +102,16 @@ class ClusterPart:
             routed = {server.instance_id for server in want}
             for instance in state.instances:
                 instance.routed = instance.instance_id in routed
+            for instance in state.instances:  # each that serves now, said in the same step: not once
+                # its own runner has the lock (a state read meanwhile showed 3/3 ready and INITIALIZING)
+                self.announce_serving(instance)
+
+    def announce_serving(self, instance: InstanceState) -> None:
+        """An instance that serves (DEPLOYED, in the route) makes the deployment DEPLOYED: reported
+        once per engine it runs (its pid), by whichever comes first, its runner or a route change."""
+        if instance.status is not InstanceStatus.DEPLOYED or not instance.routed:
+            return
+        if self._announced.get(instance.instance_id) == instance.pid:
+            return
+        self._announced[instance.instance_id] = instance.pid
+        self.report(instance, DeploymentStatus.DEPLOYED, f"serving at {self.state.endpoint}")

@@ -156,7 +156,7 @@ class InstanceRunner:
             self.once = False  # it serves: from now on it restarts like any instance
             self._deployed_at = workflow.time()
             await deployment.sync_route()
-            self._report(DeploymentStatus.DEPLOYED, f"serving at {deployment.state.endpoint}")
+            deployment.announce_serving(instance)  # unless the route change did already
             return await node.supervise(handle)
         except ActivityError as error:
             if is_cancelled_exception(error) or self.abandoned:
