@@ -20,9 +20,6 @@ import atexit
 import os
 import signal
 import subprocess
-import sys
-import threading
-import time
 import weakref
 from pathlib import Path
 
@@ -33,7 +30,7 @@ from berth.common.atomic_write import write_atomically
 from berth.common.cluster_token import CLUSTER_TOKEN_ENV, cluster_token_path
 from berth.common.sealing import key_path
 from berth.settings import MODEL_ROOTS_ENV, Settings
-from berth.testing.harness import RunningStack, free_port, free_port_block, processes_with_home
+from berth.testing.harness import CliProcess, RunningStack, RunsCli, free_port, free_port_block, processes_with_home
 
 JOIN_READY_LINE = "berth joined as node"
 # the first node's pieces that are the cluster's, not the node's: they survive kill_node/freeze_node
@@ -51,63 +48,29 @@ def _node_ports_env() -> dict[str, str]:
     }
 
 
-class JoinedNode:
+class JoinedNode(RunsCli):
     """`berth join` as a user runs it, in a subprocess (its own process group)."""
 
     def __init__(self, node_id: str, address: str, home: Path, env: dict[str, str]):
         self.node_id, self.address, self.home = node_id, address, home
         self.env = env
-        self.process: subprocess.Popen | None = None
-        self.output: list[str] = []
-        self._up = threading.Event()
+        self.cli = CliProcess("join", JOIN_READY_LINE, env, new_session=True)
 
     @property
     def settings(self) -> Settings:
         return Settings.from_env(self.env)
 
     def start(self, args: list[str] = (), timeout_s: float = 60, wait: bool = True) -> "JoinedNode":
-        self.output.clear()
-        self._up.clear()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "berth.api.cli", "join", *args],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,  # a test's Ctrl-C reaches the test, which then cleans up
-        )
-        threading.Thread(target=self._read_output, daemon=True).start()
-        if wait and (not self._up.wait(timeout_s) or self.process.poll() is not None):
+        if not self.cli.launch(args, timeout_s, wait):
             raise RuntimeError(f"berth join ({self.node_id}) did not come up:\n" + "".join(self.output))
         return self
 
-    def _read_output(self) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            if line.startswith(JOIN_READY_LINE):
-                self._up.set()
-
-    def wait_for_output(self, text: str, timeout_s: float = 30) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.output):
-                if text in line:
-                    return line
-            time.sleep(0.05)
-        raise AssertionError(f"berth join ({self.node_id}) did not print {text!r}:\n" + "".join(self.output))
-
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.cli.running()
 
     def terminate(self, timeout_s: float = 120) -> int | None:
         """SIGTERM, as systemd or Ctrl-C would: the node drains, then stops. Its exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return self.cli.terminate(timeout_s)
 
     def processes(self) -> list[psutil.Process]:
         return processes_with_home(self.home)

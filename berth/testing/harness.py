@@ -80,7 +80,88 @@ def processes_with_home(home: Path, *, exclude: set[int] = frozenset()) -> list[
     return found
 
 
-class RunningStack:
+class CliProcess:
+    """`berth <command>` in a subprocess, as a user runs it: its output kept line by line, up once a
+    line starts with `ready_line`; stopped with SIGTERM (as systemd or Ctrl-C would), killed if it
+    does not end in time. `new_session`: its own process group, so that a test's Ctrl-C reaches the
+    test, which then cleans up."""
+
+    def __init__(self, command: str, ready_line: str, env: dict[str, str], new_session: bool = False):
+        self.command, self.ready_line, self.env, self.new_session = command, ready_line, env, new_session
+        self.process: subprocess.Popen | None = None
+        self.output: list[str] = []
+        self._up = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    def launch(self, args: list[str] = (), timeout_s: float = 60, wait: bool = True) -> bool:
+        """Start it; with `wait`, whether it printed its ready line within timeout_s and still runs."""
+        self.output.clear()
+        self._up.clear()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "berth.api.cli", self.command, *args],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=self.new_session,
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        return not wait or (self._up.wait(timeout_s) and self.process.poll() is None)
+
+    def _read_output(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            if line.startswith(self.ready_line):
+                self._up.set()
+
+    def wait_for_output(self, text: str, timeout_s: float = 30) -> str:
+        """The first line that contains `text`, once it is printed (not waiting past its exit)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ended = self.process.poll() is not None
+            if ended:
+                self._reader.join(5)  # every line it printed is read
+            for line in list(self.output):
+                if text in line:
+                    return line
+            if ended:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"berth {self.command} did not print {text!r}:\n" + "".join(self.output))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self, timeout_s: float = 60) -> int | None:
+        """SIGTERM, then a kill after timeout_s. Its exit status (None: never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+class RunsCli:
+    """What a harness around one CliProcess (`self.cli`) shows of it."""
+
+    cli: CliProcess
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.cli.process
+
+    @property
+    def output(self) -> list[str]:
+        return self.cli.output
+
+    def wait_for_output(self, text: str, timeout_s: float = 30) -> str:
+        return self.cli.wait_for_output(text, timeout_s)
+
+
+class RunningStack(RunsCli):
     """`berth up` as a user runs it, in a subprocess."""
 
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
@@ -104,46 +185,21 @@ class RunningStack:
         # tests and benchmarks write their models into temporary folders: let the node read them
         # there (tests/conftest.py names pytest's own folder instead)
         self.env.setdefault(MODEL_ROOTS_ENV, tempfile.gettempdir())
-        self.process: subprocess.Popen | None = None
-        self.output: list[str] = []
-        self._up = threading.Event()
+        self.cli = CliProcess("up", "berth is up", self.env)
 
     @property
     def settings(self) -> Settings:
         return Settings.from_env(self.env)
 
     def start(self, args: list[str] = (), timeout_s: float = 60) -> "RunningStack":
-        self.output.clear()
-        self._up.clear()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "berth.api.cli", "up", *args],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read_output, daemon=True).start()
-        if not self._up.wait(timeout_s) or self.process.poll() is not None:
+        if not self.cli.launch(args, timeout_s):
             self.stop()
             raise RuntimeError("berth up did not come up:\n" + "".join(self.output))
         return self
 
-    def _read_output(self) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            if line.startswith("berth is up"):
-                self._up.set()
-
     def stop(self, timeout_s: float = 60) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
+        code = self.cli.terminate(timeout_s)
+        return 0 if code is None else code
 
     def stop_and_reap(self) -> tuple[int, list[psutil.Process]]:
         """Stop `berth up`; kill whatever it left behind. Its exit status, and what was left (a test
@@ -200,18 +256,6 @@ class RunningStack:
             headers=headers,
             timeout=60,
         )
-
-    def wait_for_output(self, text: str, timeout_s: float = 30) -> str:
-        """The first line of `berth up`'s output that contains `text`, waiting for it."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.output):
-                if text in line:
-                    return line
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"berth up did not print {text!r}:\n" + "".join(self.output))
 
 
 async def start_deployment(client: Client, spec: DeploymentSpec) -> WorkflowHandle:
