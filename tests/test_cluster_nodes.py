@@ -22,6 +22,7 @@ from berth.domain.status import DeploymentStatus as S
 from berth.domain.status import InstanceStatus
 from berth.domain.temporal_names import STOP_SIGNAL, workflow_id
 from berth.node.memory_plan import plan_for
+from berth.node.route_table import RouteTable
 from berth.testing.cluster_harness import Cluster
 from berth.testing.gateway_nodes import served_requests
 from berth.settings import Settings
@@ -251,7 +252,7 @@ def alive(pid: int) -> bool:
 
 async def test_a_frozen_node_is_replaced_and_fences_its_engine_when_it_thaws(cluster, client, tiny_gguf):
     """SIGSTOP of every process of the node past the grace: replaced elsewhere. Chats go through n1's
-    gateway from DOWN on; the stale engine's own count of generations (llama.cpp's /metrics) is read
+    gateway from DOWN and the route change that follows it on; the stale engine's own count of generations (llama.cpp's /metrics) is read
     before the freeze, after SIGCONT of the engine alone (its node's worker and gateway still frozen),
     and then as long as it answers after the whole node is thawed, until its worker fences it: no
     gateway sent it a request after DOWN. (The last read can precede the engine's end by ~20 ms.)"""
@@ -264,6 +265,10 @@ async def test_a_frozen_node_is_replaced_and_fences_its_engine_when_it_thaws(clu
     cluster.freeze_node(victim)
     try:
         await until_nodes(client, lambda v: status_of(v, victim) is NodeStatus.DOWN, GRACE_S + SLACK_S + 5, "DOWN")
+        # from the moment n1's route no longer names the frozen node: a request n1 sent there
+        # before (DOWN is not yet the route change) waits in the frozen gateway's socket and is
+        # served by the stale engine when the node thaws (seen once under the full suite's load)
+        await until_route_leaves(cluster, "n1", name, cluster.gateway_url(victim), 30)
         load.start()
         after = await until(client, name, lambda s: s.ready_replicas == 1 and s.instances[0].node != victim, 60, "replaced")
         os.kill(stale, signal.SIGCONT)
@@ -291,6 +296,19 @@ async def test_a_frozen_node_is_replaced_and_fences_its_engine_when_it_thaws(clu
     await until_nodes(client, lambda v: status_of(v, victim) is NodeStatus.READY, 30, "joined again")
     assert engine_answers(after.instances[0].port)
     await stop_all(client, [name])
+
+
+async def until_route_leaves(cluster, node: str, name: str, gateway: str, timeout_s: float) -> None:
+    table = RouteTable(cluster.settings(node).routes_dir)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        route = table.route(name) or {}
+        urls = [server["url"] for service in route.get("http", {}).get("services", {}).values()
+                for server in service.get("loadBalancer", {}).get("servers", [])]
+        if not any(url.startswith(gateway) for url in urls):
+            return
+        assert time.monotonic() < deadline, f"{node}'s route of {name} still names {gateway}: {urls}"
+        await asyncio.sleep(0.02)
 
 
 async def test_drain_moves_the_instance_with_a_surge(cluster, client, tiny_gguf):

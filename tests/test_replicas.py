@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.service import RPCError
 
 from berth.domain.spec import MAX_REPLICAS, DeploymentSpec
 from berth.domain.state import DeploymentState
@@ -22,7 +24,14 @@ from berth.domain.status import DeploymentStatus as S
 from berth.domain.temporal_names import RECONFIGURE_UPDATE, SCALE_UPDATE, workflow_id
 from berth.node.ports import PortRegistry, port_is_free
 from berth.node.route_table import RouteTable
-from berth.testing.harness import RunningStack, deployment_state, engine_processes, start_deployment, wait_for_status
+from berth.testing.harness import (
+    UNANSWERED_QUERY,
+    RunningStack,
+    deployment_state,
+    engine_processes,
+    start_deployment,
+    wait_for_status,
+)
 
 # A stack of its own: berth plans 258 MiB for the tiny model (its fixed 256 MiB of runtime overhead),
 # so three of them need more than the shared stack's 640 MiB; 1 GiB holds three, not four.
@@ -54,10 +63,29 @@ def api(stack):
 METRICS_ARGS = ["--metrics"]
 
 
+@pytest.fixture(autouse=True)
+async def stopped_after(client, name):
+    """A test that failed half-way leaves its deployment stopped: its reservations would otherwise
+    make every later test of this module fail OOM on the 1 GiB node."""
+    yield
+    handle = client.get_workflow_handle(workflow_id(name))
+    try:
+        await handle.signal("stop")
+        await asyncio.wait_for(handle.result(), 60)
+    except (RPCError, WorkflowFailureError, asyncio.TimeoutError):
+        pass  # never started, or already ended
+
+
 async def until(client, name: str, predicate, timeout_s: float = 60) -> DeploymentState:
     deadline = time.monotonic() + timeout_s
     while True:
-        state = await deployment_state(client, name)
+        try:
+            state = await deployment_state(client, name)
+        except RPCError as error:  # its worker was just killed: Temporal gave up waiting for it
+            if error.status not in UNANSWERED_QUERY or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
         if predicate(state):
             return state
         if time.monotonic() > deadline or state.status in (S.FAILED, S.MUST_REDOWNLOAD, S.STOPPED):
