@@ -107,7 +107,6 @@ class Engine(ABC):
             return Readiness.LOADING
         return Readiness.UNHEALTHY
 
-
     async def in_flight(self, client: HttpProbe, base_url: str) -> int | None:
         """Requests the engine is working on or holds queued, from its own metrics; None when it
         cannot say (no such series, an answer that is not 200). A connection error is raised: the

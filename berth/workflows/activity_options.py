@@ -54,6 +54,8 @@ def drain(timeout_s: float) -> dict[str, Any]:
         retry_policy=RetryPolicy(maximum_attempts=1),
         cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
     )
+
+
 # Watching an engine: cancelled with TRY_CANCEL (stop_engine is what really stops the engine),
 # heartbeats so that a dead worker is noticed and the watch resumes on the node's next worker.
 WATCH_RETRY = RetryPolicy(

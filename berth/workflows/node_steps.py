@@ -151,7 +151,8 @@ class NodeSteps:
 
     async def drain(self, timeout_s: float) -> DrainOutcome:
         """Once the instance left the route: until its engine has no request in flight, at most
-        `timeout_s`. Never raises: a drain that failed or was not taken is a drain that ended."""
+        `timeout_s`. Raises only a cancellation: a drain that failed or was not taken is a drain
+        that ended."""
         request = DrainRequest(instance_id=self.instance.instance_id, timeout_s=timeout_s)
         summary = self._on_node(f"drain: wait for requests in flight (at most {timeout_s:g} s)", self.instance.port)
         try:
