@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -84,3 +85,18 @@ def test_stop_instance_finds_unrecorded_leftovers_only_when_asked(tmp_path):
         )
     finally:
         process_runtime.stop_group(started.wrapper_pid, grace_s=1)
+
+
+def test_an_exit_file_opened_but_not_yet_written_is_waited_for(tmp_path):
+    """The wrapper's `echo $? > file` makes the file, empty, before it writes: read then, a kill -9
+    was reported "stopped without an exit status" (seen under load). The status is read once whole."""
+    exit_file = tmp_path / "exit"
+    exit_file.touch()  # opened by the shell's redirection, nothing written yet
+    writer = subprocess.Popen(["/bin/sh", "-c", 'sleep 0.3; echo 137 > "$0"', str(exit_file)])
+    try:
+        started = time.monotonic()
+        status = process_runtime.wait_exit_status(exit_file, writer.pid, timeout_s=5)
+        assert (status.exit_code, status.signal) == (137, 9), status
+        assert time.monotonic() - started >= 0.25
+    finally:
+        writer.wait(5)

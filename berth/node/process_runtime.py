@@ -119,9 +119,11 @@ def reap(wrapper_pid: int) -> None:
 
 
 def wait_exit_status(exit_file: Path, wrapper_pid: int, timeout_s: float = 1.0) -> ExitStatus:
-    """The engine just ended: give its wrapper the moment it needs to write the exit status."""
+    """The engine just ended: give its wrapper the moment it needs to write the exit status. The
+    file exists, empty, from the moment the wrapper's `>` opened it until `echo` wrote into it: a
+    status is read once it is whole, or once the wrapper has ended (all it wrote is there then)."""
     deadline = time.monotonic() + timeout_s
-    while not exit_file.exists() and time.monotonic() < deadline:
+    while (status := exit_status(exit_file)).exit_code is None and time.monotonic() < deadline:
         reap(wrapper_pid)
         try:
             if psutil.Process(wrapper_pid).status() == psutil.STATUS_ZOMBIE:
@@ -130,7 +132,7 @@ def wait_exit_status(exit_file: Path, wrapper_pid: int, timeout_s: float = 1.0) 
             break
         time.sleep(0.002)
     reap(wrapper_pid)
-    return exit_status(exit_file)
+    return status if status.exit_code is not None else exit_status(exit_file)
 
 
 def exit_status(exit_file: Path) -> ExitStatus:
