@@ -272,6 +272,13 @@ class Routed:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    @workflow.update(name="scale")
+    async def scale(self, request: dict) -> int:
+        """The same Update in both shapes: the desired count; the shape's loop converges to it."""
+        self.desired = int(request["replicas"])
+        self._wake = True
+        return self.desired
+
     async def sync_route(self) -> None:
         async with self._route_lock:
             want = sorted([instance, port] for instance, port in self.servers.items() if instance not in self.leaving)
@@ -291,12 +298,6 @@ class TasksDeployment(Routed):
         self._setup(spec)
         self.tasks: dict[str, asyncio.Task] = {}
         self.restarts = 0
-
-    @workflow.update(name="scale")
-    async def scale(self, request: dict) -> int:
-        self.desired = int(request["replicas"])
-        self._wake = True
-        return self.desired
 
     @workflow.query(name="servers")
     def query_servers(self) -> dict:
@@ -406,12 +407,6 @@ class ChildrenDeployment(Routed):
     def __init__(self, spec: dict) -> None:
         self._setup(spec)
         self.children: dict[str, Any] = {}  # instance -> ChildWorkflowHandle (None while starting)
-
-    @workflow.update(name="scale")
-    async def scale(self, request: dict) -> int:
-        self.desired = int(request["replicas"])
-        self._wake = True
-        return self.desired
 
     @workflow.query(name="servers")
     def query_servers(self) -> dict:
